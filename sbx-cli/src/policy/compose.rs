@@ -1,0 +1,362 @@
+//! `extends`: files are loaded depth-first, each extended file before the file that extends it;
+//! lists are concatenated and de-duplicated (the first occurrence keeps its provenance), scalars
+//! of later files override earlier ones.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::document::{self, Document};
+use super::{Dns, DnsServer, Mode, OnResolveFailure, Policy, Rule, Sourced, lint};
+use crate::diag::{Diagnostic, FileId, Sources};
+
+/// Reads policy files, each once, and composes them. Diagnostics of a file are recorded the
+/// first time it is read, so a base file extended by ten policies is reported once.
+#[derive(Default)]
+pub struct Loader {
+    pub sources: Sources,
+    files: HashMap<PathBuf, Rc<Loaded>>,
+    extended: HashSet<PathBuf>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+struct Loaded {
+    file: FileId,
+    path: Arc<str>,
+    dir: PathBuf,
+    doc: Document,
+}
+
+/// A policy after `extends`, possibly without a mode: a base file meant only to be extended.
+#[derive(Debug, Clone)]
+pub struct Composed {
+    pub name: String,
+    pub description: Option<String>,
+    pub mode: Option<Sourced<Mode>>,
+    pub allow: Vec<Rule>,
+    pub deny: Vec<Rule>,
+    pub dns_servers: Vec<Sourced<DnsServer>>,
+    pub dns_timeout: Option<Duration>,
+    pub dns_attempts: Option<u32>,
+    pub on_resolve_failure: Option<OnResolveFailure>,
+    pub files: Vec<Arc<str>>,
+    /// Where the applied file starts, for problems of the policy as a whole.
+    pub file: FileId,
+}
+
+impl Loader {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every problem found so far, errors and warnings, each once.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        &self.diagnostics
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+
+    fn push(&mut self, d: Diagnostic) {
+        if !self.diagnostics.contains(&d) {
+            self.diagnostics.push(d);
+        }
+    }
+
+    /// Whether some file read so far extends `path`.
+    pub fn is_extended(&self, path: &Path) -> bool {
+        std::fs::canonicalize(path).is_ok_and(|p| self.extended.contains(&p))
+    }
+
+    /// Loads `path` and what it extends, records every problem, runs the lints, and returns the
+    /// composition unless `path` itself could not be read.
+    pub fn compose(&mut self, path: &Path) -> Option<Composed> {
+        let display = path.display().to_string();
+        let canonical = match std::fs::canonicalize(path) {
+            Ok(p) => p,
+            Err(e) => {
+                self.push(Diagnostic::error(
+                    "unreadable-file",
+                    format!("cannot read `{display}`: {}", io_reason(&e)),
+                ));
+                return None;
+            }
+        };
+        let top = self.load_file(&canonical, display)?;
+        let mut composed = Composed {
+            name: top
+                .doc
+                .name
+                .clone()
+                .unwrap_or_else(|| file_stem(&canonical)),
+            description: top.doc.description.clone(),
+            mode: None,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            dns_servers: Vec::new(),
+            dns_timeout: None,
+            dns_attempts: None,
+            on_resolve_failure: None,
+            files: Vec::new(),
+            file: top.file,
+        };
+        let mut chain = Vec::new();
+        self.merge(&canonical, top, &mut chain, &mut composed);
+        self.check_mode(&composed);
+        for d in lint::lint(&composed) {
+            self.push(d);
+        }
+        Some(composed)
+    }
+
+    /// Loads and composes `path` for use: a mode is required and no file may have an error.
+    pub fn load(&mut self, path: &Path) -> Option<Policy> {
+        let composed = self.compose(path)?;
+        if composed.mode.is_none() {
+            self.push(missing_mode(&composed));
+        }
+        if self.has_errors() {
+            return None;
+        }
+        composed.into_policy()
+    }
+
+    fn load_file(&mut self, canonical: &Path, display: String) -> Option<Rc<Loaded>> {
+        if let Some(loaded) = self.files.get(canonical) {
+            return Some(loaded.clone());
+        }
+        let text = match std::fs::read_to_string(canonical) {
+            Ok(text) => text,
+            Err(e) => {
+                self.push(Diagnostic::error(
+                    "unreadable-file",
+                    format!("cannot read `{display}`: {}", io_reason(&e)),
+                ));
+                return None;
+            }
+        };
+        let path: Arc<str> = Arc::from(display.as_str());
+        let file = self.sources.add(display, text);
+        let mut diagnostics = Vec::new();
+        let doc = document::parse(file, &path, self.source_text(file), &mut diagnostics);
+        for d in diagnostics {
+            self.push(d);
+        }
+        let loaded = Rc::new(Loaded {
+            file,
+            path,
+            dir: canonical
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+            doc,
+        });
+        self.files.insert(canonical.to_path_buf(), loaded.clone());
+        Some(loaded)
+    }
+
+    fn source_text(&self, file: FileId) -> &str {
+        self.sources.text(file)
+    }
+
+    fn merge(
+        &mut self,
+        canonical: &Path,
+        loaded: Rc<Loaded>,
+        chain: &mut Vec<(PathBuf, Arc<str>)>,
+        into: &mut Composed,
+    ) {
+        chain.push((canonical.to_path_buf(), loaded.path.clone()));
+        for parent in &loaded.doc.extends {
+            let target = loaded.dir.join(&parent.value);
+            let display = display_join(&loaded.path, &parent.value);
+            let shown_chain = || {
+                chain
+                    .iter()
+                    .map(|(_, p)| format!("`{p}`"))
+                    .collect::<Vec<_>>()
+                    .join(" extends ")
+            };
+            let parent_canonical = match std::fs::canonicalize(&target) {
+                Ok(p) => p,
+                Err(e) => {
+                    let d = Diagnostic::error(
+                        "extends-missing",
+                        format!(
+                            "cannot read extended file `{}`: {}",
+                            parent.value,
+                            io_reason(&e)
+                        ),
+                    )
+                    .at(parent.origin.file, parent.origin.span)
+                    .label(format!("resolved to `{display}`"))
+                    .note(format!("while loading {}", shown_chain()))
+                    .help("paths in `extends` are relative to the file that names them");
+                    self.push(d);
+                    continue;
+                }
+            };
+            self.extended.insert(parent_canonical.clone());
+            if let Some(start) = chain.iter().position(|(p, _)| *p == parent_canonical) {
+                let cycle: Vec<String> = chain[start..]
+                    .iter()
+                    .map(|(_, p)| format!("`{p}`"))
+                    .chain(std::iter::once(format!("`{display}`")))
+                    .collect();
+                let d = Diagnostic::error(
+                    "extends-cycle",
+                    format!("`extends` cycle: {}", cycle.join(" → ")),
+                )
+                .at(parent.origin.file, parent.origin.span)
+                .help("remove one of the `extends` entries that form the cycle");
+                self.push(d);
+                continue;
+            }
+            let Some(parent_loaded) = self.load_file(&parent_canonical, display) else {
+                continue;
+            };
+            self.merge(&parent_canonical, parent_loaded, chain, into);
+        }
+        chain.pop();
+        let doc = &loaded.doc;
+        if !into.files.contains(&loaded.path) {
+            into.files.push(loaded.path.clone());
+        }
+        if let Some(mode) = &doc.mode {
+            into.mode = Some(mode.clone());
+        }
+        append_unique(&mut into.allow, &doc.allow, |r| &r.entry);
+        append_unique(&mut into.deny, &doc.deny, |r| &r.entry);
+        append_unique(&mut into.dns_servers, &doc.dns_servers, |s| &s.value);
+        into.dns_timeout = doc.dns_timeout.or(into.dns_timeout);
+        into.dns_attempts = doc.dns_attempts.or(into.dns_attempts);
+        into.on_resolve_failure = doc.on_resolve_failure.or(into.on_resolve_failure);
+    }
+
+    /// `allow` only means something in allowlist mode; elsewhere it would be silently ignored.
+    fn check_mode(&mut self, composed: &Composed) {
+        let (Some(mode), Some(first)) = (&composed.mode, composed.allow.first()) else {
+            return;
+        };
+        if mode.value == Mode::Allowlist {
+            return;
+        }
+        let d = Diagnostic::error(
+            "allow-without-allowlist",
+            format!("`allow` has no effect in `mode: {}`", mode.value.as_str()),
+        )
+        .at(first.origin.file, first.origin.span)
+        .related(
+            mode.origin.file,
+            mode.origin.span,
+            format!("mode set to `{}` here", mode.value.as_str()),
+        )
+        .help(match mode.value {
+            Mode::None => "remove `allow`, or set `mode: allowlist`",
+            _ => "in `mode: open` everything but `deny` is reachable: remove `allow`, or set `mode: allowlist`",
+        });
+        self.push(d);
+    }
+}
+
+/// The error for a policy that is applied but has no mode anywhere in its `extends` chain.
+pub fn missing_mode(composed: &Composed) -> Diagnostic {
+    Diagnostic::error(
+        "missing-mode",
+        format!(
+            "policy `{}` sets no `network.mode`, and no file it extends does",
+            composed.name
+        ),
+    )
+    .in_file(composed.file)
+    .help(
+        "add `network: {mode: allowlist}` (or `none`, `open`); a file meant only to be extended \
+         may leave it out, and is then checked together with a file that extends it",
+    )
+}
+
+impl Composed {
+    pub fn into_policy(self) -> Option<Policy> {
+        let mut dns = Dns::default();
+        if !self.dns_servers.is_empty() {
+            dns.servers = self.dns_servers.into_iter().map(|s| s.value).collect();
+        }
+        dns.timeout = self.dns_timeout.unwrap_or(dns.timeout);
+        dns.attempts = self.dns_attempts.unwrap_or(dns.attempts);
+        dns.on_resolve_failure = self.on_resolve_failure.unwrap_or(dns.on_resolve_failure);
+        Some(Policy {
+            name: self.name,
+            description: self.description,
+            mode: self.mode?,
+            allow: self.allow,
+            deny: self.deny,
+            dns,
+            files: self.files,
+        })
+    }
+}
+
+fn append_unique<T: Clone, K: PartialEq>(into: &mut Vec<T>, from: &[T], key: impl Fn(&T) -> &K) {
+    for item in from {
+        if !into.iter().any(|have| key(have) == key(item)) {
+            into.push(item.clone());
+        }
+    }
+}
+
+fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The path of an extended file as the user would write it: relative to the extending file's
+/// path as shown, with `.` and `..` folded where possible.
+fn display_join(base: &str, relative: &str) -> String {
+    let joined = Path::new(base)
+        .parent()
+        .unwrap_or(Path::new(""))
+        .join(relative);
+    let mut parts: Vec<std::path::Component> = Vec::new();
+    for c in joined.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir
+                if matches!(parts.last(), Some(std::path::Component::Normal(_))) =>
+            {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    parts.iter().collect::<PathBuf>().display().to_string()
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::display_join;
+
+    #[test]
+    fn extended_paths_are_shown_relative_to_the_extending_file() {
+        assert_eq!(
+            display_join("policies/a.yaml", "base/b.yaml"),
+            "policies/base/b.yaml"
+        );
+        assert_eq!(
+            display_join("policies/x/a.yaml", "../b.yaml"),
+            "policies/b.yaml"
+        );
+        assert_eq!(display_join("a.yaml", "./b.yaml"), "b.yaml");
+    }
+}

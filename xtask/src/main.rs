@@ -1,0 +1,126 @@
+//! Development tasks: `cargo xtask <task>`. Each task runs the same commands a developer would
+//! type, so CI and README stay one command each.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build and development tasks for sbx")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// The whole test suite, as CI runs it: formatting, clippy, every test, every policy.
+    Test,
+    /// Rewrite policies/schema.json from `sbx schema`.
+    Schema,
+    /// Fuzz the policy parser with cargo-fuzz (needs the nightly toolchain and cargo-fuzz).
+    Fuzz {
+        /// How long to run.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let root = workspace_root();
+    let result = match Cli::parse().task {
+        Task::Test => test(&root),
+        Task::Schema => schema(&root),
+        Task::Fuzz { seconds } => fuzz(&root, seconds),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn run(root: &Path, program: &str, args: &[&str]) -> Result<(), String> {
+    eprintln!("+ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(root)
+        .status()
+        .map_err(|e| format!("cannot start `{program}`: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{program} {}` failed ({status})", args.join(" ")))
+    }
+}
+
+fn test(root: &Path) -> Result<(), String> {
+    run(root, "cargo", &["fmt", "--all", "--check"])?;
+    run(
+        root,
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    run(
+        root,
+        "cargo",
+        &["build", "--release", "--locked", "-p", "sbx-cli"],
+    )?;
+    run(
+        root,
+        "target/release/sbx",
+        &["check", "--deny-warnings", "policies/"],
+    )?;
+    run(root, "cargo", &["test", "--workspace", "--locked"])
+}
+
+fn schema(root: &Path) -> Result<(), String> {
+    let out = Command::new("cargo")
+        .args(["run", "--quiet", "-p", "sbx-cli", "--", "schema"])
+        .current_dir(root)
+        .output()
+        .map_err(|e| format!("cannot run sbx schema: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let path = root.join("policies/schema.json");
+    std::fs::write(&path, out.stdout).map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+fn fuzz(root: &Path, seconds: u32) -> Result<(), String> {
+    let has_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        return Err("cargo-fuzz is missing: `cargo install cargo-fuzz` \
+             (and `rustup toolchain install nightly`)"
+            .into());
+    }
+    let max_time = format!("-max_total_time={seconds}");
+    run(
+        root,
+        "cargo",
+        &["+nightly", "fuzz", "run", "policy_parse", "--", &max_time],
+    )
+}
