@@ -34,9 +34,10 @@ pub fn check(paths: &[PathBuf]) -> (Loader, Vec<Diagnostic>, usize) {
             fragments.push((file, composed));
         }
     }
-    // A file without a mode is fine when something extends it: it is a base, not a policy.
+    // A file without a mode is fine when something extends it: it is a base, not a policy. One
+    // that has errors already may have lost its mode to them.
     for (file, composed) in fragments {
-        if !loader.is_extended(file) {
+        if !loader.is_extended(file) && !loader.has_errors_in(composed.file) {
             extra.push(missing_mode(&composed));
         }
     }

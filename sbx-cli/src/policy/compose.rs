@@ -42,8 +42,9 @@ pub struct Composed {
     pub dns_attempts: Option<u32>,
     pub on_resolve_failure: Option<OnResolveFailure>,
     pub files: Vec<Arc<str>>,
-    /// Where the applied file starts, for problems of the policy as a whole.
+    /// The applied file, for problems of the policy as a whole.
     pub file: FileId,
+    file_ids: Vec<FileId>,
 }
 
 impl Loader {
@@ -64,6 +65,13 @@ impl Loader {
         if !self.diagnostics.contains(&d) {
             self.diagnostics.push(d);
         }
+    }
+
+    /// Whether `file` has an error of its own (its other problems may follow from it).
+    pub fn has_errors_in(&self, file: FileId) -> bool {
+        self.diagnostics
+            .iter()
+            .any(|d| d.is_error() && d.location.as_ref().is_some_and(|l| l.file == file))
     }
 
     /// Whether some file read so far extends `path`.
@@ -102,12 +110,16 @@ impl Loader {
             on_resolve_failure: None,
             files: Vec::new(),
             file: top.file,
+            file_ids: Vec::new(),
         };
         let mut chain = Vec::new();
         self.merge(&canonical, top, &mut chain, &mut composed);
         self.check_mode(&composed);
-        for d in lint::lint(&composed) {
-            self.push(d);
+        // Warnings about a policy that lost entries to errors would be guesses.
+        if !composed.file_ids.iter().any(|&f| self.has_errors_in(f)) {
+            for d in lint::lint(&composed) {
+                self.push(d);
+            }
         }
         Some(composed)
     }
@@ -115,7 +127,7 @@ impl Loader {
     /// Loads and composes `path` for use: a mode is required and no file may have an error.
     pub fn load(&mut self, path: &Path) -> Option<Policy> {
         let composed = self.compose(path)?;
-        if composed.mode.is_none() {
+        if composed.mode.is_none() && !self.has_errors_in(composed.file) {
             self.push(missing_mode(&composed));
         }
         if self.has_errors() {
@@ -222,7 +234,8 @@ impl Loader {
         }
         chain.pop();
         let doc = &loaded.doc;
-        if !into.files.contains(&loaded.path) {
+        if !into.file_ids.contains(&loaded.file) {
+            into.file_ids.push(loaded.file);
             into.files.push(loaded.path.clone());
         }
         if let Some(mode) = &doc.mode {

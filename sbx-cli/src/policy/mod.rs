@@ -22,6 +22,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use compose::{Composed, Loader, missing_mode};
+pub use document::{Document, parse as parse_document};
 pub use entry::{Entry, PortRange, Ports, Protocol, Target};
 
 use crate::diag::{FileId, Span};

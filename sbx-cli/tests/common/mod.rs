@@ -1,0 +1,73 @@
+//! Helpers shared by the integration tests: run the real `sbx` binary on files in a temporary
+//! directory.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub struct Dir {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Dir {
+    pub fn new() -> Dir {
+        Dir {
+            tmp: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.tmp.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+pub fn sbx(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sbx"))
+        .args(args)
+        .current_dir(cwd)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run sbx")
+}
+
+/// `sbx check --format json PATHS…` in `cwd`: exit code and the parsed findings.
+pub fn check_json(cwd: &Path, paths: &[&str]) -> (i32, Vec<Value>) {
+    let mut args = vec!["check", "--format", "json"];
+    args.extend_from_slice(paths);
+    let out = sbx(&args, cwd);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let findings: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout}"));
+    let Value::Array(findings) = findings else {
+        panic!("expected a JSON array: {stdout}")
+    };
+    (out.status.code().expect("exit code"), findings)
+}
+
+/// `sbx check PATHS…` in `cwd` with human output: exit code and stderr.
+pub fn check_human(cwd: &Path, paths: &[&str]) -> (i32, String) {
+    let mut args = vec!["check"];
+    args.extend_from_slice(paths);
+    let out = sbx(&args, cwd);
+    (
+        out.status.code().expect("exit code"),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+pub fn errors(findings: &[Value]) -> Vec<&Value> {
+    findings
+        .iter()
+        .filter(|f| f["severity"] == "error")
+        .collect()
+}
