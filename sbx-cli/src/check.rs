@@ -89,8 +89,10 @@ pub fn report(
                 .iter()
                 .map(|d| diag::to_json(&loader.sources, d))
                 .collect();
-            serde_json::to_writer_pretty(&mut *stdout, &json)?;
-            writeln!(stdout)?;
+            let mut out = io::BufWriter::new(stdout);
+            serde_json::to_writer_pretty(&mut out, &json)?;
+            writeln!(out)?;
+            out.flush()?;
         }
     }
     Ok(outcome)

@@ -9,6 +9,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use termcolor::{ColorChoice, StandardStream};
 
 use crate::check;
+use crate::diag::{self, Diagnostic};
+use crate::policy::Loader;
+use crate::{plan, resolve};
 
 const EXAMPLE_POLICY: &str = "\
 Example policy (ci-build.yaml):
@@ -38,13 +41,15 @@ The format is specified in docs/policy.md.";
         A policy (YAML) says what a command may reach: nothing, an allowlist of host names, \
         addresses, CIDR blocks, ports and protocols, or everything but a deny list. sbx checks \
         policies, and enforces them so that the command reaches exactly what is allowed.",
-    after_help = "Examples:\n  sbx check policies/\n  sbx check --format json policies/ > findings.json\n  sbx schema > policy.schema.json",
+    after_help = "Examples:\n  sbx check policies/\n  sbx plan policies/rust-build.yaml\n  sbx schema > policy.schema.json",
     after_long_help = concat!(
         "Examples:\n",
         "  Check every policy in a repository, as CI would:\n",
         "    sbx check policies/\n\n",
         "  Machine-readable findings for a review bot:\n",
         "    sbx check --format json policies/\n\n",
+        "  What a policy will enforce, with its names resolved by sbx:\n",
+        "    sbx plan policies/rust-build.yaml\n\n",
         "  Editor completion and validation (yaml-language-server):\n",
         "    sbx schema > policy.schema.json\n\n",
     ),
@@ -56,6 +61,14 @@ struct Cli {
 
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PlanFormat {
+    /// For people: rule sets with provenance, resolved names, warnings.
+    Text,
+    /// The whole plan as one JSON object.
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -102,6 +115,33 @@ enum Command {
         deny_warnings: bool,
     },
 
+    /// Resolve a policy's names and print the rules sbx would enforce.
+    #[command(
+        long_about = "Resolve a policy's names and print the rules sbx would enforce.\n\n\
+            sbx expands host names itself, with its own resolver and the servers in \
+            `dns.servers` (never the sandboxed command's view of DNS): every name at once, A \
+            and AAAA, CNAME chains followed. The plan shows the effective rule sets (protocol, \
+            ports, addresses) with the file:line:column each entry came from, the resolved \
+            addresses with their TTLs, the names left to sbx's DNS service (wildcards, and in \
+            allowlist mode every name), and warnings. This is what a reviewer reads before \
+            approving a policy change.\n\n\
+            A name in `allow` that does not resolve is an error naming the entry and the cause \
+            (NXDOMAIN, SERVFAIL, REFUSED, timeout, no addresses), unless the policy says \
+            `dns.on_resolve_failure: warn`.\n\n\
+            The output is deterministic: the same policy and the same DNS answers give the \
+            same bytes. Exit status: 0 with a plan, 1 when the policy or a name fails.",
+        after_help = "Examples:\n  sbx plan policies/rust-build.yaml\n  sbx plan --format json policies/github.yaml | jq '.allow'"
+    )]
+    Plan {
+        /// The policy file.
+        #[arg(value_name = "POLICY")]
+        policy: PathBuf,
+
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: PlanFormat,
+    },
+
     /// Print the JSON Schema of the policy format.
     #[command(
         long_about = "Print the JSON Schema (draft 2020-12) of the policy format on \
@@ -133,6 +173,7 @@ pub fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }),
+        Command::Plan { policy, format } => plan(&policy, format, &mut stderr),
         Command::Schema => {
             let schema = crate::policy::schema::schema();
             let mut out = io::stdout().lock();
@@ -149,4 +190,50 @@ pub fn main() -> ExitCode {
         }
         ExitCode::FAILURE
     })
+}
+
+fn plan(
+    path: &std::path::Path,
+    format: PlanFormat,
+    stderr: &mut StandardStream,
+) -> io::Result<ExitCode> {
+    let mut loader = Loader::new();
+    let policy = loader.load(path);
+    let mut diagnostics: Vec<Diagnostic> = loader.diagnostics().to_vec();
+    let Some(policy) = policy else {
+        diag::render_human(stderr, &loader.sources, &diagnostics)?;
+        return Ok(ExitCode::FAILURE);
+    };
+    let resolver = match resolve::Resolver::new(&policy.dns) {
+        Ok(resolver) => std::sync::Arc::new(resolver),
+        Err(resolve::SetupError(why)) => {
+            writeln!(stderr, "error: {why}")?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (built, problems) = runtime.block_on(plan::build(&policy, resolver));
+    diagnostics.extend(problems);
+    diag::render_human(stderr, &loader.sources, &diagnostics)?;
+    let Some(mut built) = built else {
+        return Ok(ExitCode::FAILURE);
+    };
+    built.warnings = diagnostics
+        .iter()
+        .filter(|d| !d.is_error())
+        .map(|d| diag::one_line(&loader.sources, d))
+        .collect();
+    // Stdout is line-buffered; pretty JSON of a large plan would cost a write per line.
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    match format {
+        PlanFormat::Text => out.write_all(plan::render_text(&built).as_bytes())?,
+        PlanFormat::Json => {
+            serde_json::to_writer_pretty(&mut out, &built)?;
+            writeln!(out)?;
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }

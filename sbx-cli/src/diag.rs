@@ -209,6 +209,24 @@ fn to_report(sources: &Sources, d: &Diagnostic) -> Report<usize> {
     report.with_notes(notes)
 }
 
+/// `file:line:column: code: message`, for places that list problems one per line.
+pub fn one_line(sources: &Sources, d: &Diagnostic) -> String {
+    let place = match &d.location {
+        Some(Location {
+            file,
+            span: Some(span),
+        }) => format!(
+            "{}:{}:{}: ",
+            sources.name(*file),
+            span.start.line,
+            span.start.column
+        ),
+        Some(Location { file, span: None }) => format!("{}: ", sources.name(*file)),
+        None => String::new(),
+    };
+    format!("{place}{}: {}", d.code, d.message)
+}
+
 /// One diagnostic as `sbx check --format json` prints it.
 #[derive(Serialize)]
 pub struct JsonDiagnostic<'a> {

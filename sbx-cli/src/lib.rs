@@ -1,10 +1,13 @@
 //! sbx runs a command under a declarative network policy.
 //!
 //! Data flows one way through one module per stage:
-//! files → [`policy`] (parse, validate, compose) → plan → backend → sandbox.
+//! files → [`policy`] (parse, validate, compose) → [`plan`] (names resolved by [`resolve`],
+//! rules normalised) → backend → sandbox.
 //! [`cli`] is the `sbx` command line on top; [`diag`] is how problems are reported.
 
 pub mod check;
 pub mod cli;
 pub mod diag;
+pub mod plan;
 pub mod policy;
+pub mod resolve;

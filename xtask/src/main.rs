@@ -19,6 +19,8 @@ enum Task {
     Test,
     /// Rewrite policies/schema.json from `sbx schema`.
     Schema,
+    /// Every benchmark; figures and targets are recorded in docs/benchmarks.md.
+    Bench,
     /// Fuzz the policy parser with cargo-fuzz (needs the nightly toolchain and cargo-fuzz).
     Fuzz {
         /// How long to run.
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::Test => test(&root),
         Task::Schema => schema(&root),
+        Task::Bench => run(&root, "cargo", &["bench", "--locked", "-p", "sbx-cli"]),
         Task::Fuzz { seconds } => fuzz(&root, seconds),
     };
     match result {
@@ -89,7 +92,47 @@ fn test(root: &Path) -> Result<(), String> {
         "target/release/sbx",
         &["check", "--deny-warnings", "policies/"],
     )?;
-    run(root, "cargo", &["test", "--workspace", "--locked"])
+    cargo_test(root)
+}
+
+/// `cargo test`, its output passed through, closed by one line with the totals of every test
+/// binary (cargo's own last line is that of whichever binary ran last, often a doc-test run of
+/// nothing).
+fn cargo_test(root: &Path) -> Result<(), String> {
+    use std::io::{BufRead, BufReader};
+    let args = ["test", "--workspace", "--locked"];
+    eprintln!("+ cargo {}", args.join(" "));
+    let mut child = Command::new("cargo")
+        .args(args)
+        .current_dir(root)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start cargo: {e}"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line.map_err(|e| format!("reading cargo test output: {e}"))?;
+        println!("{line}");
+        if let Some(counts) = line.strip_prefix("test result: ") {
+            passed += count(counts, "passed");
+            failed += count(counts, "failed");
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    println!("\nall tests: {passed} passed, {failed} failed");
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo test failed ({status})"))
+    }
+}
+
+/// The number before `what` in `ok. 12 passed; 0 failed; 0 ignored; …`.
+fn count(counts: &str, what: &str) -> u64 {
+    counts
+        .split(['.', ';'])
+        .filter_map(|part| part.trim().strip_suffix(what))
+        .find_map(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn schema(root: &Path) -> Result<(), String> {

@@ -312,12 +312,21 @@ impl Composed {
     }
 }
 
-fn append_unique<T: Clone, K: PartialEq>(into: &mut Vec<T>, from: &[T], key: impl Fn(&T) -> &K) {
-    for item in from {
-        if !into.iter().any(|have| key(have) == key(item)) {
-            into.push(item.clone());
-        }
+fn append_unique<T: Clone, K: Eq + std::hash::Hash>(
+    into: &mut Vec<T>,
+    from: &[T],
+    key: impl Fn(&T) -> &K,
+) {
+    if from.is_empty() {
+        return;
     }
+    let mut seen: HashSet<&K> = into.iter().map(&key).collect();
+    let fresh: Vec<T> = from
+        .iter()
+        .filter(|item| seen.insert(key(item)))
+        .cloned()
+        .collect();
+    into.extend(fresh);
 }
 
 fn file_stem(path: &Path) -> String {

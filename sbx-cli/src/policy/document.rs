@@ -1,6 +1,7 @@
 //! One policy file on its own: its YAML turned into typed fields, every problem in it collected
 //! (not only the first), nothing inherited from `extends` yet.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -289,21 +290,24 @@ impl Reader<'_> {
 
     fn rules(&mut self, list: &str, node: &Node) -> Vec<Rule> {
         let mut rules: Vec<Rule> = Vec::new();
+        // Entry → index in `rules`, so that policies with thousands of entries stay linear.
+        let mut seen: HashMap<Entry, usize> = HashMap::new();
         for item in self.list(list, node) {
             let Some(entry) = self.entry(list, item) else {
                 continue;
             };
-            if let Some(first) = rules.iter().find(|r| r.entry == entry) {
+            if let Some(&first) = seen.get(&entry) {
                 let d = Diagnostic::warning(
                     "duplicate-entry",
                     format!("`{entry}` is listed twice in `{list}`"),
                 )
                 .at(self.file, item.span)
-                .related(self.file, first.origin.span, "first here")
+                .related(self.file, rules[first].origin.span, "first here")
                 .help("remove one of them");
                 self.diagnostics.push(d);
                 continue;
             }
+            seen.insert(entry.clone(), rules.len());
             rules.push(Rule {
                 entry,
                 origin: self.origin(item),

@@ -8,6 +8,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+pub mod dns;
+
 pub struct Dir {
     pub tmp: tempfile::TempDir,
 }

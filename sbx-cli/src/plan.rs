@@ -1,0 +1,380 @@
+//! The Plan stage: a composed policy with its names resolved, normalised into the rule sets both
+//! enforcement backends consume.
+//!
+//! A connection to address A, port P, protocol T is admitted when some `allow` rule set holds
+//! (A, P, T) and no `deny` rule set does (in `open` mode, when no `deny` rule set does). Each
+//! rule set is (protocol, ports, addresses): entries with the same ports and protocol share one
+//! set, overlapping and adjacent CIDR blocks merged. Wildcards, and in `allowlist` mode every
+//! name, are also kept as name rules for the DNS service that answers the sandboxed command.
+//! The same inputs give the same plan, byte for byte: everything is sorted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::diag::Diagnostic;
+use crate::policy::{Mode, OnResolveFailure, Policy, Ports, Protocol, Rule, Target};
+use crate::resolve::{Answer, Failure, Resolver};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub name: String,
+    pub description: Option<String>,
+    pub mode: Mode,
+    pub files: Vec<String>,
+    pub dns_servers: Vec<String>,
+    pub allow: Vec<RuleSet>,
+    pub deny: Vec<RuleSet>,
+    /// What the DNS service decides by name: wildcards always, names in `allowlist` mode.
+    pub names: Vec<NameRule>,
+    /// Every name sbx resolved, with its answer or failure.
+    pub resolved: Vec<Resolved>,
+    /// `file:line:column: code: message`, for the policy's lints and resolution warnings.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleSet {
+    pub protocol: Protocol,
+    #[serde(serialize_with = "ports_as_text")]
+    pub ports: Ports,
+    /// Sorted; overlapping and adjacent blocks merged.
+    pub addresses: Vec<IpNet>,
+    /// The entries that contributed, in policy order.
+    pub sources: Vec<Source>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Source {
+    pub entry: String,
+    /// `file:line:column`.
+    pub origin: String,
+    /// What this entry contributed (for a name: its resolved addresses).
+    pub addresses: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NameRule {
+    pub verdict: Verdict,
+    /// `example.com` or `*.example.com`.
+    pub pattern: String,
+    pub protocol: Protocol,
+    #[serde(serialize_with = "ports_as_text")]
+    pub ports: Ports,
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Resolved {
+    pub name: String,
+    #[serde(flatten)]
+    pub result: ResolvedResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResolvedResult {
+    Answer(Answer),
+    Failure(Failure),
+}
+
+/// Builds the plan. Problems (unresolvable names) become diagnostics located at the entries
+/// that named them: errors, or warnings under `on_resolve_failure: warn`. Returns `None` when
+/// there is an error.
+pub async fn build(policy: &Policy, resolver: Arc<Resolver>) -> (Option<Plan>, Vec<Diagnostic>) {
+    let names: BTreeSet<String> = policy
+        .allow
+        .iter()
+        .chain(&policy.deny)
+        .filter_map(|r| match &r.entry.target {
+            Target::Host(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    let answers = resolver.resolve_all(names).await;
+    let mut diagnostics = Vec::new();
+    resolution_problems(policy, &answers, &mut diagnostics);
+    if diagnostics.iter().any(Diagnostic::is_error) {
+        return (None, diagnostics);
+    }
+    let plan = Plan {
+        name: policy.name.clone(),
+        description: policy.description.clone(),
+        mode: policy.mode.value,
+        files: policy.files.iter().map(|f| f.to_string()).collect(),
+        dns_servers: resolver.servers().iter().map(|s| s.to_string()).collect(),
+        allow: rule_sets(&policy.allow, &answers),
+        deny: rule_sets(&policy.deny, &answers),
+        names: name_rules(policy),
+        resolved: answers
+            .into_iter()
+            .map(|(name, result)| Resolved {
+                name,
+                result: match result {
+                    Ok(answer) => ResolvedResult::Answer(answer),
+                    Err(failure) => ResolvedResult::Failure(failure),
+                },
+            })
+            .collect(),
+        warnings: Vec::new(),
+    };
+    (Some(plan), diagnostics)
+}
+
+/// An allow name that does not resolve fails the plan (fail closed) unless the policy says
+/// `on_resolve_failure: warn`. A deny name that does not resolve has no address to deny now;
+/// that is not a problem (the base policy denies `metadata.google.internal`, which exists only
+/// on GCP), and the plan lists it among the failures.
+fn resolution_problems(
+    policy: &Policy,
+    answers: &BTreeMap<String, Result<Answer, Failure>>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let mut reported = BTreeSet::new();
+    for rule in &policy.allow {
+        let Target::Host(name) = &rule.entry.target else {
+            continue;
+        };
+        let Some(Err(failure)) = answers.get(name) else {
+            continue;
+        };
+        if !reported.insert(name) {
+            continue;
+        }
+        let message = format!("cannot resolve `{name}`: {failure}");
+        let d = match policy.dns.on_resolve_failure {
+            OnResolveFailure::Error => Diagnostic::error("resolve-failed", message).help(
+                "fix the name or the DNS servers, or set `dns.on_resolve_failure: warn` to \
+                 start anyway (the name can still become reachable through sbx's DNS service)",
+            ),
+            OnResolveFailure::Warn => Diagnostic::warning("resolve-failed", message),
+        };
+        let d = d
+            .at(rule.origin.file, rule.origin.span)
+            .label(format!("{}", rule.entry))
+            .note(format!(
+                "asked {} with timeout {:?} and {} attempt(s)",
+                server_list(policy),
+                policy.dns.timeout,
+                policy.dns.attempts
+            ));
+        diagnostics.push(d);
+    }
+}
+
+fn server_list(policy: &Policy) -> String {
+    policy
+        .dns
+        .servers
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn host_net(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+fn rule_sets(rules: &[Rule], answers: &BTreeMap<String, Result<Answer, Failure>>) -> Vec<RuleSet> {
+    let mut groups: BTreeMap<(Protocol, Ports), RuleSet> = BTreeMap::new();
+    for rule in rules {
+        let contributed: Vec<IpNet> = match &rule.entry.target {
+            Target::Addr(ip) => vec![host_net(*ip)],
+            Target::Net(net) => vec![*net],
+            Target::Host(name) => match answers.get(name) {
+                Some(Ok(answer)) => {
+                    IpNet::aggregate(&answer.addresses.iter().map(|a| host_net(a.ip)).collect())
+                }
+                _ => Vec::new(),
+            },
+            Target::Wildcard(_) => continue,
+        };
+        if contributed.is_empty() {
+            continue;
+        }
+        let key = (rule.entry.protocol, rule.entry.ports.clone());
+        let set = groups.entry(key).or_insert_with(|| RuleSet {
+            protocol: rule.entry.protocol,
+            ports: rule.entry.ports.clone(),
+            addresses: Vec::new(),
+            sources: Vec::new(),
+        });
+        set.addresses.extend(&contributed);
+        set.sources.push(Source {
+            entry: rule.entry.to_string(),
+            origin: rule.origin.to_string(),
+            addresses: contributed,
+        });
+    }
+    groups
+        .into_values()
+        .map(|mut set| {
+            set.addresses = IpNet::aggregate(&set.addresses);
+            set
+        })
+        .collect()
+}
+
+fn name_rules(policy: &Policy) -> Vec<NameRule> {
+    let allow = policy.allow.iter().map(|r| (Verdict::Allow, r));
+    let deny = policy.deny.iter().map(|r| (Verdict::Deny, r));
+    let mut rules: Vec<NameRule> = allow
+        .chain(deny)
+        .filter_map(|(verdict, rule)| {
+            let pattern = match &rule.entry.target {
+                Target::Host(name) => name.clone(),
+                Target::Wildcard(suffix) => format!("*.{suffix}"),
+                _ => return None,
+            };
+            Some(NameRule {
+                verdict,
+                pattern,
+                protocol: rule.entry.protocol,
+                ports: rule.entry.ports.clone(),
+                origin: rule.origin.to_string(),
+            })
+        })
+        .collect();
+    rules.sort_by(|a, b| {
+        (a.verdict, &a.pattern, a.protocol, &a.ports)
+            .cmp(&(b.verdict, &b.pattern, b.protocol, &b.ports))
+    });
+    rules
+}
+
+fn ports_as_text<S: serde::Serializer>(ports: &Ports, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&ports_text(ports))
+}
+
+/// `all`, or `80,443,8000-8100`.
+pub fn ports_text(ports: &Ports) -> String {
+    match ports {
+        Ports::All => "all".into(),
+        Ports::Only(ranges) => ranges
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    }
+}
+
+/// The plan as a reviewer reads it before approving a policy change.
+pub fn render_text(plan: &Plan) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w, "policy {} (mode: {})", plan.name, plan.mode.as_str());
+    if let Some(description) = &plan.description {
+        let _ = writeln!(w, "  {description}");
+    }
+    let _ = writeln!(w, "  files: {}", plan.files.join(", "));
+    let _ = writeln!(w, "  resolved with: {}", plan.dns_servers.join(", "));
+
+    let verdict = match plan.mode {
+        Mode::None => "nothing but the command's own loopback; `deny` is kept for the record",
+        Mode::Allowlist => {
+            "a connection is admitted when an allow set holds it and no deny set does"
+        }
+        Mode::Open => "everything is admitted except what a deny set holds",
+    };
+    let _ = writeln!(w, "\n{verdict}");
+    if plan.mode == Mode::Allowlist {
+        render_sets(w, "allow", &plan.allow);
+    }
+    render_sets(w, "deny", &plan.deny);
+
+    if !plan.names.is_empty() {
+        let _ = writeln!(w, "\nnames decided by sbx's DNS service");
+        let width = plan
+            .names
+            .iter()
+            .map(|n| n.pattern.len())
+            .max()
+            .unwrap_or(0);
+        for n in &plan.names {
+            let verdict = match n.verdict {
+                Verdict::Allow => "allow",
+                Verdict::Deny => "deny ",
+            };
+            let _ = writeln!(
+                w,
+                "  {verdict} {:width$}  {}/{}  {}",
+                n.pattern,
+                n.protocol.as_str(),
+                ports_text(&n.ports),
+                n.origin
+            );
+        }
+    }
+
+    if !plan.resolved.is_empty() {
+        let _ = writeln!(w, "\nresolved by sbx");
+        for r in &plan.resolved {
+            match &r.result {
+                ResolvedResult::Answer(answer) => {
+                    let chain: String = answer.cnames.iter().map(|c| format!(" → {c}")).collect();
+                    let addresses: Vec<String> = answer
+                        .addresses
+                        .iter()
+                        .map(|a| format!("{} (ttl {})", a.ip, a.ttl))
+                        .collect();
+                    let _ = writeln!(w, "  {}{chain}: {}", r.name, addresses.join(", "));
+                }
+                ResolvedResult::Failure(failure) => {
+                    let _ = writeln!(w, "  {}: {failure}", r.name);
+                }
+            }
+        }
+    }
+
+    if !plan.warnings.is_empty() {
+        let _ = writeln!(w, "\nwarnings");
+        for warning in &plan.warnings {
+            let _ = writeln!(w, "  {warning}");
+        }
+    }
+    out
+}
+
+fn render_sets(w: &mut String, title: &str, sets: &[RuleSet]) {
+    use std::fmt::Write;
+    let _ = writeln!(w, "\n{title}");
+    if sets.is_empty() {
+        let _ = writeln!(w, "  (nothing)");
+        return;
+    }
+    for set in sets {
+        let addresses: Vec<String> = set.addresses.iter().map(net_text).collect();
+        let _ = writeln!(
+            w,
+            "  {}/{}  {}",
+            set.protocol.as_str(),
+            ports_text(&set.ports),
+            addresses.join(", ")
+        );
+        let width = set.sources.iter().map(|s| s.entry.len()).max().unwrap_or(0);
+        for source in &set.sources {
+            let _ = writeln!(w, "      {:width$}  {}", source.entry, source.origin);
+        }
+    }
+}
+
+/// A single address without its `/32` or `/128`.
+fn net_text(net: &IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
+        net.addr().to_string()
+    } else {
+        net.to_string()
+    }
+}
