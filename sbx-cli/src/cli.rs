@@ -11,7 +11,7 @@ use termcolor::{ColorChoice, StandardStream};
 use crate::check;
 use crate::diag::{self, Diagnostic};
 use crate::policy::Loader;
-use crate::{plan, resolve};
+use crate::{plan, resolve, sandbox};
 
 const EXAMPLE_POLICY: &str = "\
 Example policy (ci-build.yaml):
@@ -142,6 +142,76 @@ enum Command {
         format: PlanFormat,
     },
 
+    /// Run a command under a policy.
+    #[command(
+        long_about = "Run a command under a policy: it reaches exactly what the policy allows, \
+            and the machine is left as it was.\n\n\
+            sbx resolves the policy's names (as `sbx plan` shows), builds the sandbox, runs the \
+            command in it, and removes the sandbox when the command ends. The command keeps \
+            sbx's standard input, output and error (a terminal too, so `-- bash` is an \
+            interactive shell), its environment and working directory. sbx's exit status is the \
+            command's; a command killed by signal N gives 128+N. SIGINT, SIGTERM, SIGHUP and \
+            SIGQUIT sent to sbx are passed to the command.\n\n\
+            The nftables backend gives the command a network namespace of its own, linked to \
+            the host by a veth pair with NAT; the rules live in an nftables table on the host \
+            side, where the command cannot reach them. In allowlist mode the command's DNS goes \
+            to sbx's own DNS service, which answers only the names the policy allows.\n\n\
+            sbx needs root. The command runs as the user who ran sudo (SUDO_UID), as --user, \
+            or else as root without the capabilities that could undo the sandbox (NET_ADMIN, \
+            SYS_ADMIN, BPF, NET_RAW, SYS_MODULE, SYS_PTRACE, …) and with no_new_privs. The \
+            command cannot outlive sbx: if sbx dies, so does everything it started.\n\n\
+            Exit status: the command's; 1 when the policy or a name fails, or sbx refuses to \
+            run it; 125 when sbx cannot set up the sandbox; 127 when the command is not found.",
+        after_help = "Examples:\n  sudo sbx apply policies/rust-build.yaml -- cargo build\n  sudo sbx apply policies/deny-all.yaml -- bash\n  sbx apply --dry-run policies/github.yaml"
+    )]
+    Apply {
+        /// The policy file.
+        #[arg(value_name = "POLICY")]
+        policy: PathBuf,
+
+        /// Enforcement backend.
+        #[arg(long, value_enum, default_value = "auto")]
+        backend: sandbox::BackendChoice,
+
+        /// Run the command as this user (name or uid) instead of the sudo user or root.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+
+        /// Print what would be applied (nftables ruleset, addresses, namespace) and change
+        /// nothing.
+        #[arg(long)]
+        dry_run: bool,
+
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<std::ffi::OsString>,
+    },
+
+    /// Remove what sandboxes of sbx processes that died left behind.
+    #[command(
+        long_about = "Remove what sandboxes of sbx processes that died (SIGKILL, say) \
+        left behind: nftables tables, links, state files, and the IP forwarding sysctls sbx \
+        turned on. Sandboxes of live sbx processes are never touched. Every `sbx apply` does the \
+        same before it starts, so this is only needed to tidy up sooner."
+    )]
+    Gc,
+
+    #[command(name = "__init", hide = true)]
+    Init {
+        #[arg(long)]
+        resolv_conf: Option<PathBuf>,
+        #[arg(long)]
+        uid: Option<u32>,
+        #[arg(long)]
+        gid: Option<u32>,
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<u32>,
+        #[arg(long)]
+        cwd: PathBuf,
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
+
     /// Print the JSON Schema of the policy format.
     #[command(
         long_about = "Print the JSON Schema (draft 2020-12) of the policy format on \
@@ -174,6 +244,56 @@ pub fn main() -> ExitCode {
             }
         }),
         Command::Plan { policy, format } => plan(&policy, format, &mut stderr),
+        Command::Apply {
+            policy,
+            backend,
+            user,
+            dry_run,
+            command,
+        } => apply(
+            &policy,
+            sandbox::Options {
+                backend,
+                user,
+                dry_run,
+                command,
+            },
+            &mut stderr,
+        ),
+        Command::Gc => match sandbox::gc() {
+            Ok(cleaned) if cleaned.is_empty() => {
+                writeln!(stderr, "nothing to clean").map(|()| ExitCode::SUCCESS)
+            }
+            Ok(cleaned) => {
+                let slots: Vec<String> = cleaned.iter().map(u32::to_string).collect();
+                writeln!(
+                    stderr,
+                    "removed what dead sandboxes left in slots {}",
+                    slots.join(", ")
+                )
+                .map(|()| ExitCode::SUCCESS)
+            }
+            Err(e) => writeln!(stderr, "error: {e}").map(|()| ExitCode::FAILURE),
+        },
+        Command::Init {
+            resolv_conf,
+            uid,
+            gid,
+            groups,
+            cwd,
+            command,
+        } => {
+            let run_as = match (uid, gid) {
+                (Some(uid), Some(gid)) => sandbox::init::RunAs::User { uid, gid, groups },
+                _ => sandbox::init::RunAs::Root,
+            };
+            sandbox::init::run(sandbox::init::InitArgs {
+                resolv_conf,
+                run_as,
+                cwd,
+                command,
+            })
+        }
         Command::Schema => {
             let schema = crate::policy::schema::schema();
             let mut out = io::stdout().lock();
@@ -192,39 +312,51 @@ pub fn main() -> ExitCode {
     })
 }
 
-fn plan(
+/// Loads, composes and plans a policy, reporting every problem on stderr. `None` when it fails.
+#[allow(clippy::type_complexity)]
+fn load_plan(
     path: &std::path::Path,
-    format: PlanFormat,
     stderr: &mut StandardStream,
-) -> io::Result<ExitCode> {
+) -> io::Result<Option<(plan::Plan, std::sync::Arc<resolve::Resolver>)>> {
     let mut loader = Loader::new();
     let policy = loader.load(path);
     let mut diagnostics: Vec<Diagnostic> = loader.diagnostics().to_vec();
     let Some(policy) = policy else {
         diag::render_human(stderr, &loader.sources, &diagnostics)?;
-        return Ok(ExitCode::FAILURE);
+        return Ok(None);
     };
     let resolver = match resolve::Resolver::new(&policy.dns) {
         Ok(resolver) => std::sync::Arc::new(resolver),
         Err(resolve::SetupError(why)) => {
             writeln!(stderr, "error: {why}")?;
-            return Ok(ExitCode::FAILURE);
+            return Ok(None);
         }
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (built, problems) = runtime.block_on(plan::build(&policy, resolver));
+    let (built, problems) = runtime.block_on(plan::build(&policy, resolver.clone()));
     diagnostics.extend(problems);
     diag::render_human(stderr, &loader.sources, &diagnostics)?;
     let Some(mut built) = built else {
-        return Ok(ExitCode::FAILURE);
+        return Ok(None);
     };
     built.warnings = diagnostics
         .iter()
         .filter(|d| !d.is_error())
         .map(|d| diag::one_line(&loader.sources, d))
         .collect();
+    Ok(Some((built, resolver)))
+}
+
+fn plan(
+    path: &std::path::Path,
+    format: PlanFormat,
+    stderr: &mut StandardStream,
+) -> io::Result<ExitCode> {
+    let Some((built, _)) = load_plan(path, stderr)? else {
+        return Ok(ExitCode::FAILURE);
+    };
     // Stdout is line-buffered; pretty JSON of a large plan would cost a write per line.
     let mut out = io::BufWriter::new(io::stdout().lock());
     match format {
@@ -236,4 +368,24 @@ fn plan(
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn apply(
+    path: &std::path::Path,
+    options: sandbox::Options,
+    stderr: &mut StandardStream,
+) -> io::Result<ExitCode> {
+    let Some((built, resolver)) = load_plan(path, stderr)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    match sandbox::apply(&built, resolver, &options) {
+        Ok(code) => Ok(ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))),
+        Err(e) => {
+            writeln!(stderr, "error: {e}")?;
+            Ok(ExitCode::from(match e {
+                sandbox::ApplyError::Refused(_) => 1,
+                sandbox::ApplyError::System(_) => 125,
+            }))
+        }
+    }
 }

@@ -184,6 +184,21 @@ impl Resolver {
     }
 }
 
+impl Resolver {
+    /// The answer records (CNAMEs included) for one query, as sbx's DNS service passes them on.
+    pub async fn lookup_records(
+        &self,
+        name: &str,
+        record_type: RecordType,
+    ) -> Result<Vec<hickory_resolver::proto::rr::Record>, Failure> {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        match self.inner.lookup(fqdn.as_str(), record_type).await {
+            Ok(lookup) => Ok(lookup.answers().to_vec()),
+            Err(e) => Err(classify(&e)),
+        }
+    }
+}
+
 /// Follows the CNAME chain from `name` through the answer records and adds the addresses at its
 /// end, each with the smallest TTL along the way.
 fn collect(name: &str, records: &[hickory_resolver::proto::rr::Record], into: &mut Answer) {

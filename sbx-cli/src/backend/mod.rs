@@ -1,0 +1,45 @@
+//! The Backend stage: one trait, one implementation per enforcement mechanism. A backend turns a
+//! Plan into kernel state for one sandbox, tells the Sandbox stage where to put the command, and
+//! removes that state again.
+
+pub mod nftables;
+
+use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
+
+use crate::plan::Plan;
+use crate::sandbox::state::Locked;
+use crate::sys::SysError;
+
+pub trait Backend {
+    fn name(&self) -> &'static str;
+
+    /// The parts of `plan` this backend cannot enforce. sbx refuses to run such a plan rather
+    /// than enforce less.
+    fn refusals(&self, plan: &Plan) -> Vec<String>;
+
+    /// What `setup` would apply, for `--dry-run`.
+    fn describe(&self, plan: &Plan) -> String;
+
+    /// Applies the plan for the sandbox in `slot`. On error, nothing of it is left behind.
+    fn setup(
+        &self,
+        plan: &Plan,
+        slot: u32,
+        locked: &Locked<'_>,
+    ) -> Result<Box<dyn Enforced>, SysError>;
+
+    /// Removes what a dead sbx left in `slot` (it may be nothing).
+    fn clean_dead_slot(&self, slot: u32) -> Result<(), SysError>;
+}
+
+/// One sandbox's enforcement, live.
+pub trait Enforced {
+    /// The network namespace the command must enter, if the backend uses one.
+    fn netns_fd(&self) -> Option<RawFd>;
+
+    /// Where sbx's DNS service must listen for this sandbox (allowlist mode).
+    fn dns_endpoint(&self) -> Option<Ipv4Addr>;
+
+    fn teardown(self: Box<Self>, locked: &Locked<'_>) -> Result<(), SysError>;
+}

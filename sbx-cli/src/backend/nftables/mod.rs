@@ -1,0 +1,258 @@
+//! The nftables backend: a network namespace per sandbox, a veth pair to the host, NAT, and the
+//! policy in an nftables table on the host side, out of the command's reach.
+
+pub mod net;
+pub mod ruleset;
+
+use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
+
+use ipnet::IpNet;
+
+use super::{Backend, Enforced};
+use crate::plan::Plan;
+use crate::policy::Mode;
+use crate::sandbox::state::Locked;
+use crate::sys::netns::NetNs;
+use crate::sys::{Step, SysError};
+use net::Layout;
+use ruleset::Ruleset;
+
+pub struct Nftables;
+
+struct Live {
+    netns: NetNs,
+    /// `None` in mode `none`: the namespace has no link at all.
+    layout: Option<Layout>,
+    table: Option<String>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, SysError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .step(|| "start the netlink runtime".into())
+}
+
+fn nft(
+    json: &nftables::schema::Nftables<'_>,
+    what: impl FnOnce() -> String,
+) -> Result<(), SysError> {
+    nftables::helper::apply_ruleset(json).map_err(|e| SysError::new(what(), e))
+}
+
+fn is_loopback(net: &IpNet) -> bool {
+    match net {
+        IpNet::V4(n) => n.network().is_loopback(),
+        IpNet::V6(n) => n.network().is_loopback(),
+    }
+}
+
+impl Backend for Nftables {
+    fn name(&self) -> &'static str {
+        "nftables"
+    }
+
+    fn refusals(&self, plan: &Plan) -> Vec<String> {
+        let mut refusals = Vec::new();
+        if plan.mode == Mode::Allowlist {
+            for set in &plan.allow {
+                for source in &set.sources {
+                    if source.addresses.iter().any(is_loopback) {
+                        refusals.push(format!(
+                            "`{}` ({}) names a service on the host's loopback; the nftables \
+                             backend cannot reach the host's loopback from the sandbox's \
+                             namespace yet",
+                            source.entry, source.origin
+                        ));
+                    }
+                }
+            }
+        }
+        refusals
+    }
+
+    fn describe(&self, plan: &Plan) -> String {
+        if plan.mode == Mode::None {
+            return "a new network namespace with only its loopback; no link, no rules\n".into();
+        }
+        let layout = Layout::new(
+            0,
+            "10.207.0.0/16".parse().unwrap(),
+            "fd5b:5b00::/48".parse().unwrap(),
+        );
+        let ruleset = Ruleset::build(plan, &layout);
+        let json = serde_json::to_string_pretty(&ruleset.to_json()).expect("serialisable");
+        format!(
+            "a new network namespace, linked to the host by a veth pair\n\
+             (shown for slot 0; a run takes the first free slot N: links sbxNh/sbxNs, table sbx_N)\n\
+             host end:    {} {}/30 {}/64\n\
+             sandbox end: {} {}/30 {}/64, default routes via the host end\n\
+             NAT: the sandbox leaves as the host (masquerade); IP forwarding on while a sandbox runs\n\
+             DNS: {}\n\
+             nftables ruleset (nft -j), applied in one transaction:\n{json}\n",
+            layout.host_if,
+            layout.host_v4,
+            layout.host_v6,
+            layout.sandbox_if,
+            layout.sandbox_v4,
+            layout.sandbox_v6,
+            if plan.mode == Mode::Allowlist {
+                format!(
+                    "the command's resolv.conf names sbx's service at {}:53; every other DNS packet goes there too",
+                    layout.host_v4
+                )
+            } else {
+                "the host's resolv.conf, unchanged".into()
+            },
+        )
+    }
+
+    fn setup(
+        &self,
+        plan: &Plan,
+        slot: u32,
+        locked: &Locked<'_>,
+    ) -> Result<Box<dyn Enforced>, SysError> {
+        let netns = NetNs::new()?;
+        if plan.mode == Mode::None {
+            // Loopback only: bring `lo` up inside, nothing on the host side.
+            netns.run(|| -> Result<(), SysError> {
+                runtime()?.block_on(async {
+                    let (handle, connection) = net::host_handle()?;
+                    let result = bring_lo_up(&handle).await;
+                    connection.abort();
+                    result
+                })
+            })??;
+            return Ok(Box::new(Live {
+                netns,
+                layout: None,
+                table: None,
+            }));
+        }
+        let rt = runtime()?;
+        let layout = rt.block_on(async {
+            let (handle, connection) = net::host_handle()?;
+            let result = async {
+                let (v4, v6) = net::choose_pools(&handle).await?;
+                let layout = Layout::new(slot, v4, v6);
+                net::create(&handle, &layout, &netns).await?;
+                Ok::<_, SysError>(layout)
+            }
+            .await;
+            if result.is_err() {
+                let _ =
+                    net::remove_host_link(&handle, &format!("{}{slot}h", net::LINK_PREFIX)).await;
+            }
+            connection.abort();
+            result
+        })?;
+        let ruleset = Ruleset::build(plan, &layout);
+        let applied = nft(&ruleset.to_json(), || {
+            format!("apply nftables table {}", ruleset.table())
+        })
+        .and_then(|()| locked.enable_forwarding());
+        let live = Live {
+            netns,
+            layout: Some(layout),
+            table: Some(ruleset.table().to_string()),
+        };
+        if let Err(e) = applied {
+            let _ = Box::new(live).teardown(locked);
+            return Err(e);
+        }
+        Ok(Box::new(live))
+    }
+
+    fn clean_dead_slot(&self, slot: u32) -> Result<(), SysError> {
+        let table = ruleset::table_name(slot);
+        if table_exists(&table)? {
+            nft(&ruleset::delete_table(&table), || {
+                format!("remove nftables table {table}")
+            })?;
+        }
+        runtime()?.block_on(async {
+            let (handle, connection) = net::host_handle()?;
+            let result =
+                net::remove_host_link(&handle, &format!("{}{slot}h", net::LINK_PREFIX)).await;
+            connection.abort();
+            result
+        })
+    }
+}
+
+async fn bring_lo_up(handle: &rtnetlink::Handle) -> Result<(), SysError> {
+    use futures_util::TryStreamExt;
+    let lo = handle
+        .link()
+        .get()
+        .match_name("lo".to_string())
+        .execute()
+        .try_next()
+        .await
+        .step(|| "find lo in the sandbox".into())?
+        .ok_or_else(|| SysError::new("find lo in the sandbox", "missing"))?;
+    handle
+        .link()
+        .set(
+            rtnetlink::LinkUnspec::new_with_index(lo.header.index)
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .step(|| "bring lo up in the sandbox".into())
+}
+
+fn table_exists(table: &str) -> Result<bool, SysError> {
+    let out = std::process::Command::new("nft")
+        .args(["list", "table", "inet", table])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .step(|| "run nft".into())?;
+    Ok(out.success())
+}
+
+impl Enforced for Live {
+    fn netns_fd(&self) -> Option<RawFd> {
+        Some(self.netns.raw_fd())
+    }
+
+    fn dns_endpoint(&self) -> Option<Ipv4Addr> {
+        self.layout.as_ref().map(|l| l.host_v4)
+    }
+
+    fn teardown(self: Box<Self>, _locked: &Locked<'_>) -> Result<(), SysError> {
+        let Live {
+            netns,
+            layout,
+            table,
+        } = *self;
+        // The namespace goes with its last holder; with it go the veth pair and its routes.
+        drop(netns);
+        let mut first_error = None;
+        if let Some(table) = table {
+            let removed = nft(&ruleset::delete_table(&table), || {
+                format!("remove nftables table {table}")
+            });
+            first_error = removed.err();
+        }
+        if let Some(layout) = layout {
+            let removed = runtime().and_then(|rt| {
+                rt.block_on(async {
+                    let (handle, connection) = net::host_handle()?;
+                    let result = net::remove_host_link(&handle, &layout.host_if).await;
+                    connection.abort();
+                    result
+                })
+            });
+            first_error = first_error.or(removed.err());
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}

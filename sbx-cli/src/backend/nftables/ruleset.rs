@@ -1,0 +1,420 @@
+//! The nftables ruleset of one sandbox: a table `inet sbx_N` in the host's namespace, where the
+//! sandboxed command cannot reach it, applied in one transaction.
+//!
+//! ```text
+//! forward:  from the sandbox link  → egress
+//!           to the sandbox link    → replies only
+//! input:    from the sandbox link  → replies, sbx's DNS service (allowlist), else egress
+//! egress:   replies → deny sets (refuse) → allowlist: allow sets (accept), other DNS and the
+//!           rest refused; open: accept
+//! refuse:   TCP reset, else ICMP administratively prohibited: the command fails at once
+//! prerouting (nat, allowlist): every DNS packet the sandbox sends goes to sbx's DNS service
+//! postrouting (nat): the sandbox leaves as the host (masquerade)
+//! ```
+//!
+//! Each rule set of the Plan (one protocol, one port set) becomes a pair of address sets (IPv4,
+//! IPv6) matched by one rule each, so matching costs the same for 1 or 10,000 addresses.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use ipnet::IpNet;
+use nftables::expr::{
+    CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range, SetItem,
+};
+use nftables::schema::{
+    Chain, Element, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetFlag, SetType,
+    SetTypeValue, Table,
+};
+use nftables::stmt::{JumpTarget, Match, NAT, NATFamily, Operator, Reject, RejectType, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook, RejectCode};
+
+use super::net::Layout;
+use crate::plan::{Plan, RuleSet};
+use crate::policy::{Mode, Ports, Protocol};
+
+pub const TABLE_PREFIX: &str = "sbx_";
+
+pub fn table_name(slot: u32) -> String {
+    format!("{TABLE_PREFIX}{slot}")
+}
+
+/// What one sandbox's table holds.
+pub struct Ruleset {
+    table: String,
+    objects: Vec<NfObject<'static>>,
+}
+
+impl Ruleset {
+    pub fn build(plan: &Plan, layout: &Layout) -> Ruleset {
+        Builder::new(table_name(layout.slot)).build(plan, layout)
+    }
+
+    pub fn to_json(&self) -> Nftables<'static> {
+        Nftables {
+            objects: Cow::Owned(self.objects.clone()),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+}
+
+/// The command that removes a sandbox's table (and with it every chain, set and rule in it).
+pub fn delete_table(table: &str) -> Nftables<'static> {
+    Nftables {
+        objects: Cow::Owned(vec![NfObject::CmdObject(NfCmd::Delete(
+            NfListObject::Table(Table {
+                family: NfFamily::INet,
+                name: table.to_string().into(),
+                handle: None,
+            }),
+        ))]),
+    }
+}
+
+struct Builder {
+    table: String,
+    objects: Vec<NfObject<'static>>,
+}
+
+fn add(object: NfListObject<'static>) -> NfObject<'static> {
+    NfObject::CmdObject(NfCmd::Add(object))
+}
+
+fn string(text: impl Into<String>) -> Expression<'static> {
+    Expression::String(Cow::Owned(text.into()))
+}
+
+fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: protocol.into(),
+            field: field.into(),
+        },
+    )))
+}
+
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn matches(
+    left: Expression<'static>,
+    op: Operator,
+    right: Expression<'static>,
+) -> Statement<'static> {
+    Statement::Match(Match { left, right, op })
+}
+
+fn anonymous_set(items: Vec<Expression<'static>>) -> Expression<'static> {
+    Expression::Named(NamedExpression::Set(
+        items.into_iter().map(SetItem::Element).collect(),
+    ))
+}
+
+fn iifname(name: &str) -> Statement<'static> {
+    matches(meta(MetaKey::Iifname), Operator::EQ, string(name))
+}
+
+fn oifname(name: &str) -> Statement<'static> {
+    matches(meta(MetaKey::Oifname), Operator::EQ, string(name))
+}
+
+fn established() -> Statement<'static> {
+    matches(
+        Expression::Named(NamedExpression::CT(CT {
+            key: "state".into(),
+            family: None,
+            dir: None,
+        })),
+        Operator::IN,
+        anonymous_set(vec![string("established"), string("related")]),
+    )
+}
+
+fn l4proto_in(protocols: &[&'static str]) -> Statement<'static> {
+    let list = protocols.iter().map(|p| string(*p)).collect();
+    matches(meta(MetaKey::L4proto), Operator::EQ, anonymous_set(list))
+}
+
+fn jump(target: &str) -> Statement<'static> {
+    Statement::Jump(JumpTarget {
+        target: target.to_string().into(),
+    })
+}
+
+fn goto(target: &str) -> Statement<'static> {
+    Statement::Goto(JumpTarget {
+        target: target.to_string().into(),
+    })
+}
+
+fn port_expression(ports: &Ports) -> Option<Expression<'static>> {
+    let Ports::Only(ranges) = ports else {
+        return None;
+    };
+    let items = ranges
+        .iter()
+        .map(|r| {
+            if r.first == r.last {
+                Expression::Number(r.first.into())
+            } else {
+                Expression::Range(Box::new(Range {
+                    range: [
+                        Expression::Number(r.first.into()),
+                        Expression::Number(r.last.into()),
+                    ],
+                }))
+            }
+        })
+        .collect();
+    Some(anonymous_set(items))
+}
+
+fn net_element(net: &IpNet) -> Expression<'static> {
+    if net.prefix_len() == net.max_prefix_len() {
+        string(net.addr().to_string())
+    } else {
+        Expression::Named(NamedExpression::Prefix(Prefix {
+            addr: Box::new(string(net.network().to_string())),
+            len: net.prefix_len().into(),
+        }))
+    }
+}
+
+/// The statements that restrict a rule to one rule set's protocol and ports.
+fn protocol_and_ports(set: &RuleSet) -> Vec<Statement<'static>> {
+    let mut statements = Vec::new();
+    let protocols: &[&'static str] = match set.protocol {
+        Protocol::Tcp => &["tcp"],
+        Protocol::Udp => &["udp"],
+        Protocol::Any if set.ports == Ports::All => &[],
+        Protocol::Any => &["tcp", "udp"],
+    };
+    if !protocols.is_empty() {
+        statements.push(l4proto_in(protocols));
+    }
+    if let Some(ports) = port_expression(&set.ports) {
+        statements.push(matches(payload("th", "dport"), Operator::EQ, ports));
+    }
+    statements
+}
+
+impl Builder {
+    fn new(table: String) -> Builder {
+        Builder {
+            table,
+            objects: Vec::new(),
+        }
+    }
+
+    fn chain(&mut self, name: &str, hook: Option<(NfChainType, NfHook, i32)>) {
+        let (kind, hook, prio) = match hook {
+            Some((kind, hook, prio)) => (Some(kind), Some(hook), Some(prio)),
+            None => (None, None, None),
+        };
+        self.objects.push(add(NfListObject::Chain(Chain {
+            family: NfFamily::INet,
+            table: self.table.clone().into(),
+            name: name.to_string().into(),
+            _type: kind,
+            hook,
+            prio,
+            policy: hook.map(|_| NfChainPolicy::Accept),
+            ..Chain::default()
+        })));
+    }
+
+    fn rule(&mut self, chain: &str, statements: Vec<Statement<'static>>) {
+        self.objects.push(add(NfListObject::Rule(Rule {
+            family: NfFamily::INet,
+            table: self.table.clone().into(),
+            chain: chain.to_string().into(),
+            expr: Cow::Owned(statements),
+            ..Rule::default()
+        })));
+    }
+
+    /// An interval set of addresses of one family, with its elements.
+    fn address_set(&mut self, name: &str, v6: bool, nets: Vec<&IpNet>) {
+        let set_type = if v6 {
+            SetType::Ipv6Addr
+        } else {
+            SetType::Ipv4Addr
+        };
+        self.objects.push(add(NfListObject::Set(Box::new(Set {
+            family: NfFamily::INet,
+            table: self.table.clone().into(),
+            name: name.to_string().into(),
+            handle: None,
+            set_type: SetTypeValue::Single(set_type),
+            policy: None,
+            flags: Some(HashSet::from([SetFlag::Interval])),
+            elem: None,
+            timeout: None,
+            gc_interval: None,
+            size: None,
+            comment: None,
+        }))));
+        if nets.is_empty() {
+            return;
+        }
+        self.objects.push(add(NfListObject::Element(Element {
+            family: NfFamily::INet,
+            table: self.table.clone().into(),
+            name: name.to_string().into(),
+            elem: Cow::Owned(nets.into_iter().map(net_element).collect()),
+        })));
+    }
+
+    /// Sets and rules for the rule sets of one verdict; `verdict` is the statement a match ends
+    /// with.
+    fn rule_sets(
+        &mut self,
+        prefix: &str,
+        sets: &[RuleSet],
+        verdict: &dyn Fn() -> Statement<'static>,
+    ) {
+        for (i, set) in sets.iter().enumerate() {
+            for (family, v6, field) in [("4", false, "ip"), ("6", true, "ip6")] {
+                let nets: Vec<&IpNet> = set
+                    .addresses
+                    .iter()
+                    .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+                    .collect();
+                if nets.is_empty() {
+                    continue;
+                }
+                let name = format!("{prefix}{i}_v{family}");
+                self.address_set(&name, v6, nets);
+                let mut statements = protocol_and_ports(set);
+                statements.push(matches(
+                    payload(field, "daddr"),
+                    Operator::EQ,
+                    string(format!("@{name}")),
+                ));
+                statements.push(verdict());
+                self.rule("egress", statements);
+            }
+        }
+    }
+
+    fn build(mut self, plan: &Plan, layout: &Layout) -> Ruleset {
+        let host_if = layout.host_if.clone();
+        let allowlist = plan.mode == Mode::Allowlist;
+        self.objects.push(add(NfListObject::Table(Table {
+            family: NfFamily::INet,
+            name: self.table.clone().into(),
+            handle: None,
+        })));
+        self.chain("egress", None);
+        self.chain("refuse", None);
+        self.chain("forward", Some((NfChainType::Filter, NfHook::Forward, 0)));
+        self.chain("input", Some((NfChainType::Filter, NfHook::Input, 0)));
+        self.chain(
+            "postrouting",
+            Some((NfChainType::NAT, NfHook::Postrouting, 100)),
+        );
+        if allowlist {
+            self.chain(
+                "prerouting",
+                Some((NfChainType::NAT, NfHook::Prerouting, -100)),
+            );
+        }
+
+        self.rule(
+            "refuse",
+            vec![
+                l4proto_in(&["tcp"]),
+                Statement::Reject(Some(Reject::new(Some(RejectType::TCPReset), None))),
+            ],
+        );
+        self.rule(
+            "refuse",
+            vec![Statement::Reject(Some(Reject::new(
+                Some(RejectType::ICMPX),
+                Some(RejectCode::AdminProhibited),
+            )))],
+        );
+
+        self.rule("forward", vec![iifname(&host_if), jump("egress")]);
+        self.rule(
+            "forward",
+            vec![oifname(&host_if), established(), Statement::Accept(None)],
+        );
+        self.rule("forward", vec![oifname(&host_if), Statement::Drop(None)]);
+
+        self.rule(
+            "input",
+            vec![iifname(&host_if), established(), Statement::Accept(None)],
+        );
+        if allowlist {
+            self.rule(
+                "input",
+                vec![
+                    iifname(&host_if),
+                    matches(
+                        payload("ip", "daddr"),
+                        Operator::EQ,
+                        string(layout.host_v4.to_string()),
+                    ),
+                    l4proto_in(&["udp", "tcp"]),
+                    matches(payload("th", "dport"), Operator::EQ, Expression::Number(53)),
+                    Statement::Accept(None),
+                ],
+            );
+        }
+        self.rule("input", vec![iifname(&host_if), jump("egress")]);
+
+        self.rule("egress", vec![established(), Statement::Accept(None)]);
+        self.rule_sets("deny", &plan.deny, &|| goto("refuse"));
+        if allowlist {
+            // DNS goes to sbx's service (prerouting) or nowhere: a resolver the policy allows by
+            // address must not become a way around the name allowlist.
+            self.rule(
+                "egress",
+                vec![
+                    l4proto_in(&["udp", "tcp"]),
+                    matches(payload("th", "dport"), Operator::EQ, Expression::Number(53)),
+                    goto("refuse"),
+                ],
+            );
+            self.rule_sets("allow", &plan.allow, &|| Statement::Accept(None));
+            self.rule("egress", vec![goto("refuse")]);
+
+            self.rule(
+                "prerouting",
+                vec![
+                    iifname(&host_if),
+                    matches(meta(MetaKey::Nfproto), Operator::EQ, string("ipv4")),
+                    l4proto_in(&["udp", "tcp"]),
+                    matches(payload("th", "dport"), Operator::EQ, Expression::Number(53)),
+                    Statement::DNAT(Some(NAT {
+                        addr: Some(string(layout.host_v4.to_string())),
+                        family: Some(NATFamily::IP),
+                        port: None,
+                        flags: None,
+                    })),
+                ],
+            );
+        } else {
+            self.rule("egress", vec![Statement::Accept(None)]);
+        }
+
+        self.rule(
+            "postrouting",
+            vec![
+                iifname(&host_if),
+                matches(meta(MetaKey::Oifname), Operator::NEQ, string(&host_if)),
+                Statement::Masquerade(None),
+            ],
+        );
+
+        Ruleset {
+            table: self.table,
+            objects: self.objects,
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! sbx's DNS service for one sandbox: the only DNS server the command can reach. Names the
+//! policy allows are resolved with sbx's own resolver and answered; every other name gets
+//! REFUSED, and no query leaves the host for it.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use hickory_resolver::proto::op::{Message, OpCode, ResponseCode};
+use hickory_resolver::proto::rr::RecordType;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::plan::{NameRule, Plan, Verdict};
+use crate::policy::entry::is_strictly_below;
+use crate::resolve::{Failure, Resolver};
+use crate::sys::{Step, SysError};
+
+/// Which names the service answers.
+#[derive(Debug, Clone)]
+pub struct Names {
+    rules: Vec<NameRule>,
+}
+
+impl Names {
+    pub fn from_plan(plan: &Plan) -> Names {
+        Names {
+            rules: plan.names.clone(),
+        }
+    }
+
+    /// A name is answered when an allow pattern matches it and no deny pattern does.
+    pub fn allows(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let matching = |verdict: Verdict| {
+            self.rules.iter().filter(|r| r.verdict == verdict).any(|r| {
+                match r.pattern.strip_prefix("*.") {
+                    Some(suffix) => is_strictly_below(&name, suffix),
+                    None => r.pattern == name,
+                }
+            })
+        };
+        !matching(Verdict::Deny) && matching(Verdict::Allow)
+    }
+}
+
+pub struct DnsService {
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DnsService {
+    /// Binds UDP and TCP port 53 on `endpoint` and serves on a thread of its own.
+    pub fn start(
+        endpoint: Ipv4Addr,
+        names: Names,
+        resolver: Arc<Resolver>,
+    ) -> Result<DnsService, SysError> {
+        let addr = SocketAddr::from((endpoint, 53));
+        let udp = std::net::UdpSocket::bind(addr)
+            .step(|| format!("bind the DNS service to {addr}/udp"))?;
+        let tcp = std::net::TcpListener::bind(addr)
+            .step(|| format!("bind the DNS service to {addr}/tcp"))?;
+        udp.set_nonblocking(true)
+            .step(|| "configure the DNS socket".into())?;
+        tcp.set_nonblocking(true)
+            .step(|| "configure the DNS socket".into())?;
+        let (shutdown, stop) = tokio::sync::oneshot::channel();
+        let names = Arc::new(names);
+        let thread = std::thread::Builder::new()
+            .name("sbx-dns".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the DNS service");
+                runtime.block_on(async move {
+                    let udp = Arc::new(UdpSocket::from_std(udp).expect("tokio UDP socket"));
+                    let tcp = TcpListener::from_std(tcp).expect("tokio TCP listener");
+                    tokio::select! {
+                        _ = serve_udp(udp, names.clone(), resolver.clone()) => {}
+                        _ = serve_tcp(tcp, names, resolver) => {}
+                        _ = stop => {}
+                    }
+                });
+            })
+            .step(|| "start the DNS service".into())?;
+        Ok(DnsService {
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for DnsService {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn serve_udp(socket: Arc<UdpSocket>, names: Arc<Names>, resolver: Arc<Resolver>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok((len, peer)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let query = buf[..len].to_vec();
+        let (socket, names, resolver) = (socket.clone(), names.clone(), resolver.clone());
+        tokio::spawn(async move {
+            if let Some(reply) = answer(&query, &names, &resolver, 512).await {
+                let _ = socket.send_to(&reply, peer).await;
+            }
+        });
+    }
+}
+
+async fn serve_tcp(listener: TcpListener, names: Arc<Names>, resolver: Arc<Resolver>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (names, resolver) = (names.clone(), resolver.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok(len) = stream.read_u16().await else {
+                    return;
+                };
+                let mut query = vec![0u8; usize::from(len)];
+                if stream.read_exact(&mut query).await.is_err() {
+                    return;
+                }
+                let Some(reply) = answer(&query, &names, &resolver, u16::MAX as usize).await else {
+                    return;
+                };
+                let Ok(len) = u16::try_from(reply.len()) else {
+                    return;
+                };
+                if stream.write_u16(len).await.is_err() || stream.write_all(&reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// The reply to one query, at most `limit` bytes (a UDP reply that does not fit is truncated,
+/// and the client retries over TCP).
+async fn answer(query: &[u8], names: &Names, resolver: &Resolver, limit: usize) -> Option<Vec<u8>> {
+    let request = Message::from_vec(query).ok()?;
+    let question = request.queries.first()?.clone();
+    let mut reply = Message::response(request.metadata.id, OpCode::Query);
+    reply.metadata.recursion_desired = request.metadata.recursion_desired;
+    reply.metadata.recursion_available = true;
+    reply.add_query(question.clone());
+    let name = question.name().to_string();
+    let record_type = question.query_type();
+    if !names.allows(&name) {
+        reply.metadata.response_code = ResponseCode::Refused;
+    } else if matches!(
+        record_type,
+        RecordType::A | RecordType::AAAA | RecordType::CNAME
+    ) {
+        match resolver.lookup_records(&name, record_type).await {
+            Ok(records) => {
+                reply.add_answers(records);
+            }
+            Err(Failure::NxDomain) => reply.metadata.response_code = ResponseCode::NXDomain,
+            Err(Failure::NoAddresses) => {}
+            Err(_) => reply.metadata.response_code = ResponseCode::ServFail,
+        }
+    }
+    // Other record types of an allowed name: an empty answer (NODATA).
+    let bytes = reply.to_vec().ok()?;
+    if bytes.len() <= limit {
+        return Some(bytes);
+    }
+    let mut truncated = reply.truncate();
+    truncated.metadata.truncation = true;
+    truncated.to_vec().ok()
+}

@@ -1,0 +1,392 @@
+//! The Sandbox stage: run one command under a Plan, supervise it, and leave the host as it was.
+//!
+//! ```text
+//! lock /run/sbx ─ clean dead slots ─ claim a slot ─ backend setup ─ unlock
+//! DNS service (allowlist) ─ spawn `sbx __init` into the sandbox ─ forward signals ─ wait
+//! lock ─ backend teardown ─ release the slot ─ restore sysctls if no sandbox is left ─ unlock
+//! ```
+//!
+//! A supervisor killed by SIGKILL cannot clean up: its command dies with it (parent-death signals
+//! and the sandbox's PID namespace), and what it left on the host is removed by the next sbx or
+//! by `sbx gc`, which can tell dead slots from live ones by their locks.
+
+pub mod dns;
+pub mod init;
+pub mod state;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::os::fd::BorrowedFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
+use nix::unistd::{Pid, User, getgrouplist, getpid, getppid};
+
+use crate::backend::{Backend, Enforced};
+use crate::plan::Plan;
+use crate::resolve::Resolver;
+use crate::sys::{SysError, caps};
+use init::RunAs;
+use state::{Locked, State};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// A network namespace per sandbox, rules in nftables on the host side.
+    Nftables,
+    /// cgroup eBPF programs (not available yet).
+    Ebpf,
+    /// The best backend this machine supports.
+    Auto,
+}
+
+pub struct Options {
+    pub backend: BackendChoice,
+    pub user: Option<String>,
+    pub dry_run: bool,
+    pub command: Vec<OsString>,
+}
+
+/// Why sbx could not run the command; nothing is left on the host.
+#[derive(Debug)]
+pub enum ApplyError {
+    /// Something the user can fix: the message says how.
+    Refused(String),
+    System(SysError),
+}
+
+impl fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApplyError::Refused(why) => f.write_str(why),
+            ApplyError::System(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<SysError> for ApplyError {
+    fn from(e: SysError) -> Self {
+        ApplyError::System(e)
+    }
+}
+
+pub fn backend(choice: BackendChoice) -> Result<Box<dyn Backend>, ApplyError> {
+    match choice {
+        BackendChoice::Nftables | BackendChoice::Auto => {
+            Ok(Box::new(crate::backend::nftables::Nftables))
+        }
+        BackendChoice::Ebpf => Err(ApplyError::Refused(
+            "the eBPF backend is not available in this version of sbx; use --backend nftables"
+                .into(),
+        )),
+    }
+}
+
+/// Runs `options.command` under `plan` and returns its exit status (128+N for a death by
+/// signal N). With `dry_run`, prints what would be applied instead.
+pub fn apply(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<i32, ApplyError> {
+    let backend = backend(options.backend)?;
+    let refusals = backend.refusals(plan);
+    if !refusals.is_empty() {
+        return Err(ApplyError::Refused(format!(
+            "the {} backend cannot enforce this policy, so sbx will not run it:\n  - {}",
+            backend.name(),
+            refusals.join("\n  - ")
+        )));
+    }
+    if options.dry_run {
+        print!("backend: {}\n{}", backend.name(), backend.describe(plan));
+        if !options.command.is_empty() {
+            println!("command: {}", shell_words(&options.command));
+        }
+        return Ok(0);
+    }
+    let Some(program) = options.command.first() else {
+        return Err(ApplyError::Refused(
+            "no command given: `sbx apply POLICY -- CMD [ARGS…]`".into(),
+        ));
+    };
+    check_privileges()?;
+    find_program(program)?;
+    let run_as = run_as(options.user.as_deref())?;
+    let cwd = std::env::current_dir()
+        .map_err(|e| ApplyError::Refused(format!("cannot read the working directory: {e}")))?;
+
+    // From here on the forwarded signals are handled by a thread of ours (see `forward_signals`);
+    // blocked before any thread starts, so every thread inherits the mask.
+    let forwarded = forwarded_signals();
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&forwarded), None)
+        .map_err(|e| SysError::new("block signals", e))?;
+
+    let state = State::open()?;
+    let (slot, enforced) = {
+        let locked = state.lock()?;
+        clean_dead_slots(backend.as_ref(), &locked)?;
+        let mut stale = Vec::new();
+        let slot = locked.claim(&mut stale)?;
+        for index in stale {
+            backend.clean_dead_slot(index)?;
+        }
+        match backend.setup(plan, slot.index, &locked) {
+            Ok(enforced) => (slot, enforced),
+            Err(e) => {
+                let _ = slot.release(&locked);
+                let _ = locked.restore_forwarding_if_unused();
+                return Err(e.into());
+            }
+        }
+    };
+    let result = run_in(
+        &state,
+        slot.index,
+        enforced.as_ref(),
+        plan,
+        resolver,
+        &run_as,
+        &cwd,
+        &options.command,
+    );
+    let locked = state.lock()?;
+    let teardown = enforced.teardown(&locked);
+    let _ = std::fs::remove_file(resolv_conf_path(state.dir(), slot.index));
+    slot.release(&locked)?;
+    locked.restore_forwarding_if_unused()?;
+    teardown?;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_in(
+    state: &State,
+    slot: u32,
+    enforced: &dyn Enforced,
+    plan: &Plan,
+    resolver: Arc<Resolver>,
+    run_as: &RunAs,
+    cwd: &Path,
+    command: &[OsString],
+) -> Result<i32, ApplyError> {
+    let mut resolv_conf = None;
+    let _dns = match enforced
+        .dns_endpoint()
+        .filter(|_| plan.mode == crate::policy::Mode::Allowlist)
+    {
+        Some(endpoint) => {
+            let path = resolv_conf_path(state.dir(), slot);
+            std::fs::write(
+                &path,
+                format!("# written by sbx for sandbox {slot}\nnameserver {endpoint}\n"),
+            )
+            .map_err(|e| SysError::new(format!("write {}", path.display()), e))?;
+            resolv_conf = Some(path);
+            Some(dns::DnsService::start(
+                endpoint,
+                dns::Names::from_plan(plan),
+                resolver,
+            )?)
+        }
+        None => None,
+    };
+    let mut init = std::process::Command::new("/proc/self/exe");
+    init.arg0("sbx").arg("__init");
+    if let Some(path) = &resolv_conf {
+        init.arg("--resolv-conf").arg(path);
+    }
+    if let RunAs::User { uid, gid, groups } = run_as {
+        init.arg("--uid").arg(uid.to_string());
+        init.arg("--gid").arg(gid.to_string());
+        let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
+        init.arg("--groups").arg(groups.join(","));
+    }
+    init.arg("--cwd").arg(cwd).arg("--").args(command);
+    let netns = enforced.netns_fd();
+    let supervisor = getpid();
+    // SAFETY: the closure runs between fork and exec and only makes system calls.
+    unsafe {
+        init.pre_exec(move || {
+            if let Some(fd) = netns {
+                setns(BorrowedFd::borrow_raw(fd), CloneFlags::CLONE_NEWNET)?;
+            }
+            unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID)?;
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if getppid() != supervisor {
+                return Err(std::io::Error::other("sbx exited during start-up"));
+            }
+            Ok(())
+        });
+    }
+    let mut child = init
+        .spawn()
+        .map_err(|e| SysError::new("start the sandbox (sbx __init)", e))?;
+    let child_pid = Pid::from_raw(child.id() as i32);
+    std::thread::Builder::new()
+        .name("sbx-signals".into())
+        .spawn(move || forward_signals(child_pid))
+        .map_err(|e| SysError::new("start the signal thread", e))?;
+    let status = child
+        .wait()
+        .map_err(|e| SysError::new("wait for the sandbox", e))?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(125))
+}
+
+fn forwarded_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in init::FORWARDED {
+        set.add(signal);
+    }
+    set
+}
+
+/// Passes signals that were sent to sbx (kill, not a terminal's ^C, which reaches the command's
+/// process group directly) on to the sandbox.
+fn forward_signals(child: Pid) {
+    let set = forwarded_signals();
+    loop {
+        let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
+        // SAFETY: sigwaitinfo fills `info` when it returns a signal number.
+        let signo = unsafe { libc::sigwaitinfo(set.as_ref(), info.as_mut_ptr()) };
+        if signo < 0 {
+            continue;
+        }
+        // SAFETY: filled by the call above.
+        let code = unsafe { info.assume_init() }.si_code;
+        if matches!(code, libc::SI_USER | libc::SI_QUEUE | libc::SI_TKILL)
+            && let Ok(signal) = Signal::try_from(signo)
+        {
+            let _ = kill(child, signal);
+        }
+    }
+}
+
+fn resolv_conf_path(dir: &Path, slot: u32) -> PathBuf {
+    dir.join(format!("resolv-{slot}.conf"))
+}
+
+fn clean_dead_slots(backend: &dyn Backend, locked: &Locked<'_>) -> Result<(), SysError> {
+    for slot in locked.dead_slots()? {
+        backend.clean_dead_slot(slot.index)?;
+        let _ = std::fs::remove_file(resolv_conf_path(locked.dir(), slot.index));
+        slot.release(locked)?;
+    }
+    Ok(())
+}
+
+/// `sbx gc`: removes what dead sandboxes left behind; live ones are untouched. Returns the
+/// slots cleaned.
+pub fn gc() -> Result<Vec<u32>, ApplyError> {
+    check_privileges()?;
+    let state = State::open()?;
+    let locked = state.lock()?;
+    let backend = crate::backend::nftables::Nftables;
+    let mut cleaned = Vec::new();
+    for slot in locked.dead_slots()? {
+        backend.clean_dead_slot(slot.index)?;
+        let _ = std::fs::remove_file(resolv_conf_path(locked.dir(), slot.index));
+        cleaned.push(slot.index);
+        slot.release(&locked)?;
+    }
+    locked.restore_forwarding_if_unused()?;
+    Ok(cleaned)
+}
+
+fn check_privileges() -> Result<(), ApplyError> {
+    let missing = caps::missing_for_sbx();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = missing.iter().map(|c| c.to_string()).collect();
+    Err(ApplyError::Refused(format!(
+        "sbx needs root to create network namespaces and firewall rules (missing {}): run it \
+         as root or with sudo; the command itself runs as the invoking user under sudo, or as \
+         --user",
+        names.join(", ")
+    )))
+}
+
+fn find_program(program: &OsString) -> Result<(), ApplyError> {
+    let name = Path::new(program);
+    let found = if name.components().count() > 1 {
+        name.is_file()
+    } else {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(ApplyError::Refused(format!(
+            "`{}`: command not found{}",
+            name.display(),
+            if name.components().count() > 1 {
+                ""
+            } else {
+                " in PATH"
+            }
+        )))
+    }
+}
+
+/// Who the command runs as: `--user`, else the user who ran sudo, else root without the
+/// capabilities that could undo the sandbox.
+fn run_as(user: Option<&str>) -> Result<RunAs, ApplyError> {
+    let user = match user {
+        Some(spec) => Some(lookup_user(spec)?),
+        None => match std::env::var("SUDO_UID")
+            .ok()
+            .and_then(|u| u.parse::<u32>().ok())
+        {
+            Some(uid) if uid != 0 => Some(
+                User::from_uid(uid.into())
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| ApplyError::Refused(format!("SUDO_UID {uid} names no user")))?,
+            ),
+            _ => None,
+        },
+    };
+    let Some(user) = user.filter(|u| !u.uid.is_root()) else {
+        return Ok(RunAs::Root);
+    };
+    let name = std::ffi::CString::new(user.name.clone())
+        .map_err(|_| ApplyError::Refused(format!("user name `{}` is not valid", user.name)))?;
+    let groups = getgrouplist(&name, user.gid)
+        .map_err(|e| SysError::new(format!("look up the groups of {}", user.name), e))?;
+    Ok(RunAs::User {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        groups: groups.iter().map(|g| g.as_raw()).collect(),
+    })
+}
+
+fn lookup_user(spec: &str) -> Result<User, ApplyError> {
+    let found = match spec.parse::<u32>() {
+        Ok(uid) => User::from_uid(uid.into()),
+        Err(_) => User::from_name(spec),
+    };
+    found
+        .map_err(|e| SysError::new(format!("look up user {spec}"), e))?
+        .ok_or_else(|| ApplyError::Refused(format!("--user {spec}: no such user")))
+}
+
+fn shell_words(words: &[OsString]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            let w = w.to_string_lossy();
+            if w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:@".contains(c))
+            {
+                w.into_owned()
+            } else {
+                format!("'{}'", w.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
