@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 pub mod dns;
+pub mod testnet;
 
 pub struct Dir {
     pub tmp: tempfile::TempDir,

@@ -4,7 +4,8 @@
 //! ```text
 //! forward:  from the sandbox link  → egress
 //!           to the sandbox link    → replies only
-//! input:    from the sandbox link  → replies, sbx's DNS service (allowlist), else egress
+//! input:    from the sandbox link  → replies, IPv6 neighbour discovery, sbx's DNS service
+//!           (allowlist), else egress
 //! egress:   replies → deny sets (refuse) → allowlist: allow sets (accept), other DNS and the
 //!           rest refused; open: accept
 //! refuse:   TCP reset, else ICMP administratively prohibited: the command fails at once
@@ -349,6 +350,24 @@ impl Builder {
         self.rule(
             "input",
             vec![iifname(&host_if), established(), Statement::Accept(None)],
+        );
+        // IPv6 neighbour discovery with the host end of the link: without it the sandbox cannot
+        // resolve its gateway (IPv4's ARP never meets these chains).
+        self.rule(
+            "input",
+            vec![
+                iifname(&host_if),
+                l4proto_in(&["ipv6-icmp"]),
+                matches(
+                    payload("icmpv6", "type"),
+                    Operator::EQ,
+                    anonymous_set(vec![
+                        string("nd-neighbor-solicit"),
+                        string("nd-neighbor-advert"),
+                    ]),
+                ),
+                Statement::Accept(None),
+            ],
         );
         if allowlist {
             self.rule(
