@@ -132,33 +132,36 @@ impl Backend for Nftables {
             }));
         }
         let rt = runtime()?;
-        let layout = rt.block_on(async {
-            let (handle, connection) = net::host_handle()?;
-            let result = async {
-                let (v4, v6) = net::choose_pools(&handle).await?;
-                let layout = Layout::new(slot, v4, v6);
-                net::create(&handle, &layout, &netns).await?;
-                Ok::<_, SysError>(layout)
+        let (handle, connection) = rt.block_on(async { net::host_handle() })?;
+        let layout = match rt.block_on(net::choose_pools(&handle)) {
+            Ok((v4, v6)) => Layout::new(slot, v4, v6),
+            Err(e) => {
+                connection.abort();
+                return Err(e);
             }
-            .await;
-            if result.is_err() {
-                let _ =
-                    net::remove_host_link(&handle, &format!("{}{slot}h", net::LINK_PREFIX)).await;
-            }
-            connection.abort();
-            result
-        })?;
+        };
         let ruleset = Ruleset::build(plan, &layout);
-        let applied = nft(&ruleset.to_json(), || {
-            format!("apply nftables table {}", ruleset.table())
-        })
-        .and_then(|()| locked.enable_forwarding());
+        let json = ruleset.to_json();
+        // The ruleset names the link, it does not need it to exist: both go in at once.
+        let (linked, applied) = std::thread::scope(|scope| {
+            let applying = scope.spawn(|| {
+                nft(&json, || {
+                    format!("apply nftables table {}", ruleset.table())
+                })
+            });
+            let linked = rt.block_on(net::create(&handle, &layout, &netns));
+            (linked, applying.join().expect("nft thread does not panic"))
+        });
+        connection.abort();
         let live = Live {
             netns,
             layout: Some(layout),
-            table: Some(ruleset.table().to_string()),
+            table: applied.is_ok().then(|| ruleset.table().to_string()),
         };
-        if let Err(e) = applied {
+        if let Err(e) = linked
+            .and(applied)
+            .and_then(|()| locked.enable_forwarding())
+        {
             let _ = Box::new(live).teardown(locked);
             return Err(e);
         }
@@ -230,29 +233,35 @@ impl Enforced for Live {
             layout,
             table,
         } = *self;
-        // The namespace goes with its last holder; with it go the veth pair and its routes.
-        drop(netns);
-        let mut first_error = None;
-        if let Some(table) = table {
-            let removed = nft(&ruleset::delete_table(&table), || {
-                format!("remove nftables table {table}")
-            });
-            first_error = removed.err();
-        }
-        if let Some(layout) = layout {
-            let removed = runtime().and_then(|rt| {
-                rt.block_on(async {
-                    let (handle, connection) = net::host_handle()?;
-                    let result = net::remove_host_link(&handle, &layout.host_if).await;
-                    connection.abort();
-                    result
+        // The link to the host is removed here, so that when sbx exits no link of it is left,
+        // at the same time as the table: each removal waits for the kernel, and the two waits
+        // overlap. The namespace, then empty, goes with its last holder (the kernel removes it
+        // in the background; it has no name, so nothing of it shows).
+        let removed = std::thread::scope(|scope| {
+            let table_removed = table.map(|table| {
+                scope.spawn(move || {
+                    nft(&ruleset::delete_table(&table), || {
+                        format!("remove nftables table {table}")
+                    })
                 })
             });
-            first_error = first_error.or(removed.err());
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+            let link_removed = match layout {
+                Some(layout) => runtime().and_then(|rt| {
+                    rt.block_on(async {
+                        let (handle, connection) = net::host_handle()?;
+                        let result = net::remove_host_link(&handle, &layout.host_if).await;
+                        connection.abort();
+                        result
+                    })
+                }),
+                None => Ok(()),
+            };
+            let table_removed = table_removed
+                .map(|t| t.join().expect("nft thread does not panic"))
+                .unwrap_or(Ok(()));
+            table_removed.and(link_removed)
+        });
+        drop(netns);
+        removed
     }
 }

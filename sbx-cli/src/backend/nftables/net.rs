@@ -6,7 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures_util::TryStreamExt;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
-use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::sys::netns::NetNs;
 use crate::sys::{Step, SysError};
@@ -179,29 +180,25 @@ async fn add_address(
         .step(|| format!("add address {addr}/{len} to {link}"))
 }
 
-/// Creates the veth pair, moves one end into `netns`, and configures both ends.
+/// Creates the veth pair with its sandbox end already inside `netns`, and configures both ends.
 pub async fn create(handle: &Handle, layout: &Layout, netns: &NetNs) -> Result<(), SysError> {
     let host_if = &layout.host_if;
     let sandbox_if = &layout.sandbox_if;
+    // Born in the sandbox's namespace: moving a link between namespaces waits for an RCU grace
+    // period (milliseconds), creating it there does not.
+    let peer = LinkUnspec::new_with_name(sandbox_if)
+        .setns_by_fd(netns.raw_fd())
+        .build();
+    let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+        .name(host_if.clone())
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
     handle
         .link()
-        .add(LinkVeth::new(host_if, sandbox_if).build())
+        .add(veth)
         .execute()
         .await
         .step(|| format!("create the veth pair {host_if}/{sandbox_if}"))?;
-    let sandbox_index = link_index(handle, sandbox_if)
-        .await?
-        .ok_or_else(|| SysError::new(format!("find {sandbox_if}"), "missing after creation"))?;
-    handle
-        .link()
-        .set(
-            LinkUnspec::new_with_index(sandbox_index)
-                .setns_by_fd(netns.raw_fd())
-                .build(),
-        )
-        .execute()
-        .await
-        .step(|| format!("move {sandbox_if} into the sandbox namespace"))?;
     let host_index = link_index(handle, host_if)
         .await?
         .ok_or_else(|| SysError::new(format!("find {host_if}"), "missing after creation"))?;
@@ -277,13 +274,12 @@ fn configure_inside(layout: &Layout) -> Result<(), SysError> {
 /// Removes the host end of a dead sandbox's link, if the kernel has not already (it does when
 /// the sandbox namespace goes).
 pub async fn remove_host_link(handle: &Handle, name: &str) -> Result<(), SysError> {
-    if let Some(index) = link_index(handle, name).await? {
-        handle
-            .link()
-            .del(index)
-            .execute()
-            .await
-            .step(|| format!("remove link {name}"))?;
+    let Some(index) = link_index(handle, name).await? else {
+        return Ok(());
+    };
+    match handle.link().del(index).execute().await {
+        // Gone in between: the kernel removed it with its peer's namespace.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
+        result => result.step(|| format!("remove link {name}")),
     }
-    Ok(())
 }
