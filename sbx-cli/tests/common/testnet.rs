@@ -3,6 +3,8 @@
 //! own (10.213.K.0/24, fd5b:7e57:0:K::/64), and is removed when dropped, also when the test
 //! fails. Traffic goes only to these hosts and to loopback.
 
+#![allow(dead_code)] // each test and benchmark binary uses its own subset
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;

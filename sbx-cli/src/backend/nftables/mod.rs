@@ -1,6 +1,7 @@
 //! The nftables backend: a network namespace per sandbox, a veth pair to the host, NAT, and the
 //! policy in an nftables table on the host side, out of the command's reach.
 
+mod elements;
 pub mod net;
 pub mod ruleset;
 
@@ -141,13 +142,17 @@ impl Backend for Nftables {
             }
         };
         let ruleset = Ruleset::build(plan, &layout);
-        let json = ruleset.to_json();
+        let json = ruleset.structure();
         // The ruleset names the link, it does not need it to exist: both go in at once.
         let (linked, applied) = std::thread::scope(|scope| {
             let applying = scope.spawn(|| {
                 nft(&json, || {
                     format!("apply nftables table {}", ruleset.table())
-                })
+                })?;
+                for (set, nets) in ruleset.elements() {
+                    elements::add(ruleset.table(), set, nets)?;
+                }
+                Ok(())
             });
             let linked = rt.block_on(net::create(&handle, &layout, &netns));
             (linked, applying.join().expect("nft thread does not panic"))

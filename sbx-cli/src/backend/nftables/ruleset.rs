@@ -40,10 +40,12 @@ pub fn table_name(slot: u32) -> String {
     format!("{TABLE_PREFIX}{slot}")
 }
 
-/// What one sandbox's table holds.
+/// What one sandbox's table holds: its structure (table, chains, rules, empty sets), small and
+/// of fixed size whatever the policy, and the addresses of each set.
 pub struct Ruleset {
     table: String,
     objects: Vec<NfObject<'static>>,
+    elements: Vec<(String, Vec<IpNet>)>,
 }
 
 impl Ruleset {
@@ -51,9 +53,31 @@ impl Ruleset {
         Builder::new(table_name(layout.slot)).build(plan, layout)
     }
 
-    pub fn to_json(&self) -> Nftables<'static> {
+    /// The structure, without set elements.
+    pub fn structure(&self) -> Nftables<'static> {
         Nftables {
             objects: Cow::Owned(self.objects.clone()),
+        }
+    }
+
+    /// `(set, addresses)` for every set with addresses.
+    pub fn elements(&self) -> &[(String, Vec<IpNet>)] {
+        &self.elements
+    }
+
+    /// The whole ruleset as one `nft -j` document, elements included (for `--dry-run`).
+    pub fn to_json(&self) -> Nftables<'static> {
+        let mut objects = self.objects.clone();
+        for (set, nets) in &self.elements {
+            objects.push(add(NfListObject::Element(Element {
+                family: NfFamily::INet,
+                table: self.table.clone().into(),
+                name: set.clone().into(),
+                elem: Cow::Owned(nets.iter().map(net_element).collect()),
+            })));
+        }
+        Nftables {
+            objects: Cow::Owned(objects),
         }
     }
 
@@ -78,6 +102,7 @@ pub fn delete_table(table: &str) -> Nftables<'static> {
 struct Builder {
     table: String,
     objects: Vec<NfObject<'static>>,
+    elements: Vec<(String, Vec<IpNet>)>,
 }
 
 fn add(object: NfListObject<'static>) -> NfObject<'static> {
@@ -208,6 +233,7 @@ impl Builder {
         Builder {
             table,
             objects: Vec::new(),
+            elements: Vec::new(),
         }
     }
 
@@ -259,15 +285,10 @@ impl Builder {
             size: None,
             comment: None,
         }))));
-        if nets.is_empty() {
-            return;
+        if !nets.is_empty() {
+            self.elements
+                .push((name.to_string(), nets.into_iter().copied().collect()));
         }
-        self.objects.push(add(NfListObject::Element(Element {
-            family: NfFamily::INet,
-            table: self.table.clone().into(),
-            name: name.to_string().into(),
-            elem: Cow::Owned(nets.into_iter().map(net_element).collect()),
-        })));
     }
 
     /// Sets and rules for the rule sets of one verdict; `verdict` is the statement a match ends
@@ -434,6 +455,7 @@ impl Builder {
         Ruleset {
             table: self.table,
             objects: self.objects,
+            elements: self.elements,
         }
     }
 }
