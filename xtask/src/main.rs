@@ -6,6 +6,8 @@ use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
 
+mod demo;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build and development tasks for sbx")]
 struct Cli {
@@ -21,6 +23,9 @@ enum Task {
     Schema,
     /// Every benchmark; figures and targets are recorded in docs/benchmarks.md.
     Bench,
+    /// Show sbx at work, offline: a throw-away test host with two services, one allowed by the
+    /// policy and one not, reached through `sbx apply`. Needs root; removes everything after.
+    Demo,
     /// Fuzz the policy parser with cargo-fuzz (needs the nightly toolchain and cargo-fuzz).
     Fuzz {
         /// How long to run.
@@ -35,6 +40,7 @@ fn main() -> ExitCode {
         Task::Test => test(&root),
         Task::Schema => schema(&root),
         Task::Bench => run(&root, "cargo", &["bench", "--locked", "-p", "sbx-cli"]),
+        Task::Demo => demo::run(&root),
         Task::Fuzz { seconds } => fuzz(&root, seconds),
     };
     match result {
@@ -53,7 +59,7 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn run(root: &Path, program: &str, args: &[&str]) -> Result<(), String> {
+pub(crate) fn run(root: &Path, program: &str, args: &[&str]) -> Result<(), String> {
     eprintln!("+ {program} {}", args.join(" "));
     let status = Command::new(program)
         .args(args)
