@@ -137,6 +137,8 @@ fn forward_until_exit(child: Pid, set: &SigSet, _keep: OwnedFd) -> ! {
 }
 
 fn reaper(args: InitArgs, set: &SigSet, watch: OwnedFd) -> ! {
+    // What `ps` inside the sandbox shows as PID 1 (otherwise "exe", from /proc/self/exe).
+    let _ = nix::sys::prctl::set_name(c"sbx-init");
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
         fail("set the parent-death signal", e);
     }
