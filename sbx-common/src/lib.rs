@@ -1,5 +1,123 @@
 //! Types shared by sbx (userspace) and its eBPF programs: map keys, map values and events.
 //!
-//! Everything here is `#[repr(C)]` plain data so both sides agree on the layout byte for byte;
-//! userspace-only trait impls sit behind the `user` feature.
+//! Everything here is `#[repr(C)]` plain data with explicit padding, so both sides agree on the
+//! layout byte for byte; userspace-only trait impls (aya's `Pod`) sit behind the `user` feature.
+//!
+//! A sandbox is a cgroup; every map is keyed by the sandbox cgroup's id, so one set of loaded
+//! programs serves every sandbox on the machine.
 #![no_std]
+
+/// `mode` of a [`Policy`].
+pub const MODE_NONE: u8 = 0;
+pub const MODE_ALLOWLIST: u8 = 1;
+pub const MODE_OPEN: u8 = 2;
+
+/// `protocol` of a [`RuleSet`]: IP protocol numbers, and 0 for any.
+pub const PROTO_ANY: u8 = 0;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Rule sets per verdict and sandbox: the bits of an address entry's value.
+pub const MAX_RULE_SETS: usize = 64;
+/// Port ranges per rule set; a rule set of the Plan with more is split over several.
+pub const MAX_PORT_RANGES: usize = 16;
+
+/// The policy of one sandbox, by cgroup id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Host-order IPv4 address and port of sbx's DNS service for this sandbox (allowlist mode):
+    /// DNS the command sends anywhere is sent there instead. Zero when there is none.
+    pub dns_ip4: u32,
+    pub dns_port: u16,
+    pub mode: u8,
+    pub _pad: u8,
+}
+
+/// One rule set: a protocol and up to [`MAX_PORT_RANGES`] inclusive port ranges. The addresses
+/// it applies to are the address entries whose value has its bit set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleSet {
+    pub protocol: u8,
+    pub ranges: u8,
+    pub _pad: [u8; 2],
+    /// `(first, last)`, host order; only the first `ranges` are used.
+    pub ports: [[u16; 2]; MAX_PORT_RANGES],
+}
+
+/// Key of the rule set arrays: sandbox, verdict (0 allow, 1 deny), index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleSetKey {
+    pub cgroup: u64,
+    pub verdict: u32,
+    pub index: u32,
+}
+
+pub const VERDICT_ALLOW: u32 = 0;
+pub const VERDICT_DENY: u32 = 1;
+
+/// Data of an LPM trie key for IPv4 address entries: the cgroup id (always matched whole) then
+/// the address in network order. The trie's prefix length counts bits from the cgroup id on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addr4Key {
+    pub cgroup: u64,
+    pub addr: [u8; 4],
+    pub _pad: [u8; 4],
+}
+
+/// As [`Addr4Key`], for IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addr6Key {
+    pub cgroup: u64,
+    pub addr: [u8; 16],
+}
+
+/// A port the sandboxed command itself listens on (or bound): loopback connects to it are its
+/// own business.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BoundKey {
+    pub cgroup: u64,
+    pub port: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 5],
+}
+
+/// The hook that refused something.
+pub const HOOK_CONNECT4: u8 = 1;
+pub const HOOK_CONNECT6: u8 = 2;
+pub const HOOK_SENDMSG4: u8 = 3;
+pub const HOOK_SENDMSG6: u8 = 4;
+pub const HOOK_SOCK_CREATE: u8 = 5;
+
+/// A refusal, reported to sbx through a ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DenyEvent {
+    pub cgroup: u64,
+    pub pid: u32,
+    /// IPv4 destinations as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub protocol: u8,
+    pub hook: u8,
+    pub comm: [u8; 16],
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY (all): plain `#[repr(C)]` data with explicit padding, valid for any bit pattern.
+    unsafe impl aya::Pod for Policy {}
+    unsafe impl aya::Pod for RuleSet {}
+    unsafe impl aya::Pod for RuleSetKey {}
+    unsafe impl aya::Pod for Addr4Key {}
+    unsafe impl aya::Pod for Addr6Key {}
+    unsafe impl aya::Pod for BoundKey {}
+    unsafe impl aya::Pod for DenyEvent {}
+}

@@ -7,6 +7,7 @@ use std::process::{Command, ExitCode};
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod ebpf;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build and development tasks for sbx")]
@@ -23,6 +24,13 @@ enum Task {
     Schema,
     /// Every benchmark; figures and targets are recorded in docs/benchmarks.md.
     Bench,
+    /// Build the eBPF programs (nightly + rust-src + bpf-linker) into sbx-cli/ebpf/sbx.bpf.o,
+    /// the object sbx embeds. Reproducible: the same sources give the same bytes anywhere.
+    BuildEbpf {
+        /// Fail if the committed object differs from what the sources build (CI).
+        #[arg(long)]
+        check: bool,
+    },
     /// Show sbx at work, offline: a throw-away test host with two services, one allowed by the
     /// policy and one not, reached through `sbx apply`. Needs root; removes everything after.
     Demo,
@@ -41,6 +49,7 @@ fn main() -> ExitCode {
         Task::Schema => schema(&root),
         Task::Bench => run(&root, "cargo", &["bench", "--locked", "-p", "sbx-cli"]),
         Task::Demo => demo::run(&root),
+        Task::BuildEbpf { check } => ebpf::build(&root, check),
         Task::Fuzz { seconds } => fuzz(&root, seconds),
     };
     match result {

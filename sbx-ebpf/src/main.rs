@@ -1,0 +1,295 @@
+//! sbx's cgroup programs: every connect, unconnected send and socket creation of a sandboxed
+//! process is judged against the policy of its sandbox (its cgroup), read from maps that sbx
+//! fills. Denials fail at once with EPERM and are reported through a ring buffer.
+//!
+//! The verdict, as in the Plan: the command's own loopback listeners are always reachable; a
+//! deny rule refuses; in mode `open` everything else is allowed, except the host's loopback,
+//! which only an allow rule opens; in mode `allowlist` only what an allow rule admits; in mode
+//! `none` nothing. DNS (port 53) goes to sbx's DNS service in allowlist mode, wherever it was
+//! sent.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid};
+use aya_ebpf::macros::{cgroup_sock, cgroup_sock_addr, map};
+use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{HashMap, LpmTrie, RingBuf};
+use aya_ebpf::programs::{SockAddrContext, SockContext};
+use sbx_common::*;
+
+const MAX_SANDBOXES: u32 = 4096;
+const MAX_ADDRESS_ENTRIES: u32 = 1 << 20;
+
+#[map]
+static POLICIES: HashMap<u64, Policy> = HashMap::with_max_entries(MAX_SANDBOXES, 0);
+#[map]
+static RULE_SETS: HashMap<RuleSetKey, RuleSet> =
+    HashMap::with_max_entries(MAX_SANDBOXES * 2 * MAX_RULE_SETS as u32, BPF_F_NO_PREALLOC);
+#[map]
+static ALLOW4: LpmTrie<Addr4Key, u64> = LpmTrie::with_max_entries(MAX_ADDRESS_ENTRIES, BPF_F_NO_PREALLOC);
+#[map]
+static DENY4: LpmTrie<Addr4Key, u64> = LpmTrie::with_max_entries(MAX_ADDRESS_ENTRIES, BPF_F_NO_PREALLOC);
+#[map]
+static ALLOW6: LpmTrie<Addr6Key, u64> = LpmTrie::with_max_entries(MAX_ADDRESS_ENTRIES, BPF_F_NO_PREALLOC);
+#[map]
+static DENY6: LpmTrie<Addr6Key, u64> = LpmTrie::with_max_entries(MAX_ADDRESS_ENTRIES, BPF_F_NO_PREALLOC);
+#[map]
+static BOUND: HashMap<BoundKey, u8> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const AF_PACKET: u32 = 17;
+const SOCK_RAW: u32 = 3;
+const IPPROTO_ICMP: u32 = 1;
+const IPPROTO_ICMPV6: u32 = 58;
+
+#[inline(always)]
+fn cgroup() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_get_current_cgroup_id() }
+}
+
+/// Whether a rule set of `bits` (of `verdict`) covers `protocol` and `port`.
+#[inline(always)]
+fn rule_sets_match(cgroup: u64, verdict: u32, bits: u64, protocol: u8, port: u16) -> bool {
+    let mut index = 0u32;
+    while index < MAX_RULE_SETS as u32 {
+        if bits & (1u64 << index) != 0 {
+            let key = RuleSetKey { cgroup, verdict, index };
+            // SAFETY: the value is only read, and maps are not resized.
+            if let Some(set) = unsafe { RULE_SETS.get(&key) } {
+                if set.protocol == PROTO_ANY || set.protocol == protocol {
+                    let mut range = 0usize;
+                    while range < MAX_PORT_RANGES {
+                        if range < set.ranges as usize {
+                            let [first, last] = set.ports[range];
+                            if first <= port && port <= last {
+                                return true;
+                            }
+                        }
+                        range += 1;
+                    }
+                }
+            }
+        }
+        index += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn matches4(trie: &LpmTrie<Addr4Key, u64>, cgroup: u64, verdict: u32, addr: [u8; 4], protocol: u8, port: u16) -> bool {
+    let key = Key::new(96, Addr4Key { cgroup, addr, _pad: [0; 4] });
+    match trie.get(&key) {
+        Some(bits) => rule_sets_match(cgroup, verdict, *bits, protocol, port),
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn matches6(trie: &LpmTrie<Addr6Key, u64>, cgroup: u64, verdict: u32, addr: [u8; 16], protocol: u8, port: u16) -> bool {
+    let key = Key::new(192, Addr6Key { cgroup, addr });
+    match trie.get(&key) {
+        Some(bits) => rule_sets_match(cgroup, verdict, *bits, protocol, port),
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn own_listener(cgroup: u64, protocol: u8, port: u16) -> bool {
+    let key = BoundKey { cgroup, port, protocol, _pad: [0; 5] };
+    // SAFETY: the value is only tested for presence.
+    unsafe { BOUND.get(&key) }.is_some()
+}
+
+/// The verdict for a destination, both families (IPv4 in `addr4` when `v6` is `None`).
+#[inline(always)]
+fn verdict(policy: &Policy, cgroup: u64, addr4: [u8; 4], addr6: Option<[u8; 16]>, protocol: u8, port: u16) -> i32 {
+    let loopback = match addr6 {
+        None => addr4[0] == 127,
+        Some(a) => a == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+    };
+    if loopback && own_listener(cgroup, protocol, port) {
+        return ALLOW;
+    }
+    let denied = match addr6 {
+        None => matches4(&DENY4, cgroup, VERDICT_DENY, addr4, protocol, port),
+        Some(a) => matches6(&DENY6, cgroup, VERDICT_DENY, a, protocol, port),
+    };
+    if denied || policy.mode == MODE_NONE {
+        return DENY;
+    }
+    if policy.mode == MODE_OPEN && !loopback {
+        return ALLOW;
+    }
+    let allowed = match addr6 {
+        None => matches4(&ALLOW4, cgroup, VERDICT_ALLOW, addr4, protocol, port),
+        Some(a) => matches6(&ALLOW6, cgroup, VERDICT_ALLOW, a, protocol, port),
+    };
+    if allowed { ALLOW } else { DENY }
+}
+
+#[inline(always)]
+fn report(cgroup: u64, hook: u8, addr: [u8; 16], protocol: u8, port: u16) {
+    if let Some(mut entry) = EVENTS.reserve::<DenyEvent>(0) {
+        let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        entry.write(DenyEvent {
+            cgroup,
+            pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            addr,
+            port,
+            protocol,
+            hook,
+            comm,
+        });
+        entry.submit(0);
+    }
+}
+
+#[inline(always)]
+fn mapped(addr4: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr4[0], addr4[1], addr4[2], addr4[3]]
+}
+
+/// Judges an IPv4 destination, sending DNS to sbx's service in allowlist mode.
+#[inline(always)]
+fn judge4(ctx: &SockAddrContext, hook: u8) -> i32 {
+    let cgroup = cgroup();
+    // SAFETY: the context pointer is valid for the program's run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let Some(policy) = (unsafe { POLICIES.get(&cgroup) }) else {
+        return DENY; // not a sandbox sbx knows: fail closed
+    };
+    let addr4 = sa.user_ip4.to_ne_bytes();
+    let port = u16::from_be(sa.user_port as u16);
+    let protocol = sa.protocol as u8;
+    if policy.mode == MODE_ALLOWLIST && port == 53 && policy.dns_port != 0 && !(addr4[0] == 127 && own_listener(cgroup, protocol, port)) {
+        sa.user_ip4 = policy.dns_ip4.to_be();
+        sa.user_port = u32::from(policy.dns_port.to_be());
+        return ALLOW;
+    }
+    let result = verdict(policy, cgroup, addr4, None, protocol, port);
+    if result == DENY {
+        report(cgroup, hook, mapped(addr4), protocol, port);
+    }
+    result
+}
+
+/// Judges an IPv6 destination; an IPv4-mapped one (`::ffff:a.b.c.d`, a dual-stack socket
+/// reaching IPv4) is judged as the IPv4 address it is.
+#[inline(always)]
+fn judge6(ctx: &SockAddrContext, hook: u8) -> i32 {
+    let cgroup = cgroup();
+    // SAFETY: the context pointer is valid for the program's run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let Some(policy) = (unsafe { POLICIES.get(&cgroup) }) else {
+        return DENY;
+    };
+    let words = sa.user_ip6;
+    let mut addr = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let bytes = words[i].to_ne_bytes();
+        addr[i * 4] = bytes[0];
+        addr[i * 4 + 1] = bytes[1];
+        addr[i * 4 + 2] = bytes[2];
+        addr[i * 4 + 3] = bytes[3];
+        i += 1;
+    }
+    let port = u16::from_be(sa.user_port as u16);
+    let protocol = sa.protocol as u8;
+    let is_mapped = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
+    if is_mapped {
+        let addr4 = [addr[12], addr[13], addr[14], addr[15]];
+        if policy.mode == MODE_ALLOWLIST && port == 53 && policy.dns_port != 0 {
+            sa.user_ip6[3] = policy.dns_ip4.to_be();
+            sa.user_port = u32::from(policy.dns_port.to_be());
+            return ALLOW;
+        }
+        let result = verdict(policy, cgroup, addr4, None, protocol, port);
+        if result == DENY {
+            report(cgroup, hook, addr, protocol, port);
+        }
+        return result;
+    }
+    // DNS over IPv6 would pass sbx's DNS service by: refused, as the nftables backend does.
+    let result = if policy.mode == MODE_ALLOWLIST && port == 53 {
+        DENY
+    } else {
+        verdict(policy, cgroup, [0; 4], Some(addr), protocol, port)
+    };
+    if result == DENY {
+        report(cgroup, hook, addr, protocol, port);
+    }
+    result
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    judge4(&ctx, HOOK_CONNECT4)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    judge4(&ctx, HOOK_SENDMSG4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    judge6(&ctx, HOOK_CONNECT6)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    judge6(&ctx, HOOK_SENDMSG6)
+}
+
+/// Raw and packet sockets would send past every hook above, and ICMP (ping) sockets are not
+/// seen by them either: none may be created in a sandbox.
+#[cgroup_sock(sock_create)]
+pub fn sock_create(ctx: SockContext) -> i32 {
+    // SAFETY: the context pointer is valid for the program's run.
+    let sk = unsafe { &*ctx.sock };
+    let icmp = (sk.family == AF_INET && sk.protocol == IPPROTO_ICMP) || (sk.family == AF_INET6 && sk.protocol == IPPROTO_ICMPV6);
+    if sk.type_ == SOCK_RAW || sk.family == AF_PACKET || icmp {
+        report(cgroup(), HOOK_SOCK_CREATE, [0; 16], sk.protocol as u8, 0);
+        return DENY;
+    }
+    ALLOW
+}
+
+/// Records the ports the command itself binds, so that its loopback connects to them pass.
+#[inline(always)]
+fn record_bind(ctx: &SockContext) -> i32 {
+    // SAFETY: the context pointer is valid for the program's run.
+    let sk = unsafe { &*ctx.sock };
+    let key = BoundKey { cgroup: cgroup(), port: sk.src_port as u16, protocol: sk.protocol as u8, _pad: [0; 5] };
+    let _ = BOUND.insert(&key, &1, 0);
+    ALLOW
+}
+
+#[cgroup_sock(post_bind4)]
+pub fn post_bind4(ctx: SockContext) -> i32 {
+    record_bind(&ctx)
+}
+
+#[cgroup_sock(post_bind6)]
+pub fn post_bind6(ctx: SockContext) -> i32 {
+    record_bind(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
