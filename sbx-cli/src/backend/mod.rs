@@ -2,9 +2,10 @@
 //! Plan into kernel state for one sandbox, tells the Sandbox stage where to put the command, and
 //! removes that state again.
 
+pub mod ebpf;
 pub mod nftables;
 
-use std::net::Ipv4Addr;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 use crate::plan::Plan;
@@ -33,13 +34,24 @@ pub trait Backend {
     fn clean_dead_slot(&self, slot: u32) -> Result<(), SysError>;
 }
 
+/// Where the command goes before it runs.
+pub struct Placement {
+    /// A network namespace to enter.
+    pub netns: Option<RawFd>,
+    /// The `cgroup.procs` of a cgroup to join (written "0").
+    pub cgroup_procs: Option<RawFd>,
+}
+
 /// One sandbox's enforcement, live.
 pub trait Enforced {
-    /// The network namespace the command must enter, if the backend uses one.
-    fn netns_fd(&self) -> Option<RawFd>;
+    fn placement(&self) -> Placement;
 
-    /// Where sbx's DNS service must listen for this sandbox (allowlist mode).
-    fn dns_endpoint(&self) -> Option<Ipv4Addr>;
+    /// Where sbx's DNS service for this sandbox must listen (allowlist mode); port 0 lets the
+    /// kernel choose.
+    fn dns_listen_address(&self) -> Option<SocketAddr>;
+
+    /// Tells the backend where the DNS service listens, once it does.
+    fn dns_bound(&mut self, at: SocketAddr) -> Result<(), SysError>;
 
     fn teardown(self: Box<Self>, locked: &Locked<'_>) -> Result<(), SysError>;
 }

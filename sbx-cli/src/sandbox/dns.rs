@@ -2,7 +2,7 @@
 //! policy allows are resolved with sbx's own resolver and answered; every other name gets
 //! REFUSED, and no query leaves the host for it.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hickory_resolver::proto::op::{Message, OpCode, ResponseCode};
@@ -49,17 +49,17 @@ pub struct DnsService {
 }
 
 impl DnsService {
-    /// Binds UDP and TCP port 53 on `endpoint` and serves on a thread of its own.
+    /// Binds UDP and TCP on `at` (port 0: one the kernel chooses, the same for both) and serves
+    /// on a thread of its own. Returns the service and where it listens.
     pub fn start(
-        endpoint: Ipv4Addr,
+        at: SocketAddr,
         names: Names,
         resolver: Arc<Resolver>,
-    ) -> Result<DnsService, SysError> {
-        let addr = SocketAddr::from((endpoint, 53));
-        let udp = std::net::UdpSocket::bind(addr)
-            .step(|| format!("bind the DNS service to {addr}/udp"))?;
-        let tcp = std::net::TcpListener::bind(addr)
-            .step(|| format!("bind the DNS service to {addr}/tcp"))?;
+    ) -> Result<(DnsService, SocketAddr), SysError> {
+        let (udp, tcp) = bind_pair(at)?;
+        let addr = udp
+            .local_addr()
+            .step(|| "read the DNS service's address".into())?;
         udp.set_nonblocking(true)
             .step(|| "configure the DNS socket".into())?;
         tcp.set_nonblocking(true)
@@ -84,11 +84,40 @@ impl DnsService {
                 });
             })
             .step(|| "start the DNS service".into())?;
-        Ok(DnsService {
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        })
+        Ok((
+            DnsService {
+                shutdown: Some(shutdown),
+                thread: Some(thread),
+            },
+            addr,
+        ))
     }
+}
+
+/// A UDP socket and a TCP listener on the same address and port.
+fn bind_pair(at: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpListener), SysError> {
+    for _ in 0..64 {
+        let udp =
+            std::net::UdpSocket::bind(at).step(|| format!("bind the DNS service to {at}/udp"))?;
+        let bound = udp
+            .local_addr()
+            .step(|| "read the DNS service's address".into())?;
+        match std::net::TcpListener::bind(bound) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            // A kernel-chosen UDP port may be taken for TCP: choose again.
+            Err(e) if at.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => {
+                return Err(SysError::new(
+                    format!("bind the DNS service to {bound}/tcp"),
+                    e,
+                ));
+            }
+        }
+    }
+    Err(SysError::new(
+        "bind the DNS service",
+        "no port free for both UDP and TCP",
+    ))
 }
 
 impl Drop for DnsService {

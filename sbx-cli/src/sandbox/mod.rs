@@ -25,7 +25,7 @@ use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
 use nix::unistd::{Pid, User, getgrouplist, getpid, getppid};
 
-use crate::backend::{Backend, Enforced};
+use crate::backend::{Backend, Enforced, Placement};
 use crate::plan::Plan;
 use crate::resolve::Resolver;
 use crate::sys::{SysError, caps};
@@ -36,7 +36,7 @@ use state::{Locked, State};
 pub enum BackendChoice {
     /// A network namespace per sandbox, rules in nftables on the host side.
     Nftables,
-    /// cgroup eBPF programs (not available yet).
+    /// A cgroup per sandbox, judged by cgroup eBPF programs; no network namespace.
     Ebpf,
     /// The best backend this machine supports.
     Auto,
@@ -77,10 +77,7 @@ pub fn backend(choice: BackendChoice) -> Result<Box<dyn Backend>, ApplyError> {
         BackendChoice::Nftables | BackendChoice::Auto => {
             Ok(Box::new(crate::backend::nftables::Nftables))
         }
-        BackendChoice::Ebpf => Err(ApplyError::Refused(
-            "the eBPF backend is not available in this version of sbx; use --backend nftables"
-                .into(),
-        )),
+        BackendChoice::Ebpf => Ok(Box::new(crate::backend::ebpf::Ebpf)),
     }
 }
 
@@ -138,10 +135,11 @@ pub fn apply(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<
             }
         }
     };
+    let mut enforced = enforced;
     let result = run_in(
         &state,
         slot.index,
-        enforced.as_ref(),
+        enforced.as_mut(),
         plan,
         resolver,
         &run_as,
@@ -161,7 +159,7 @@ pub fn apply(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<
 fn run_in(
     state: &State,
     slot: u32,
-    enforced: &dyn Enforced,
+    enforced: &mut dyn Enforced,
     plan: &Plan,
     resolver: Arc<Resolver>,
     run_as: &RunAs,
@@ -169,23 +167,23 @@ fn run_in(
     command: &[OsString],
 ) -> Result<i32, ApplyError> {
     let mut resolv_conf = None;
-    let _dns = match enforced
-        .dns_endpoint()
-        .filter(|_| plan.mode == crate::policy::Mode::Allowlist)
-    {
-        Some(endpoint) => {
-            let path = resolv_conf_path(state.dir(), slot);
-            std::fs::write(
-                &path,
-                format!("# written by sbx for sandbox {slot}\nnameserver {endpoint}\n"),
-            )
-            .map_err(|e| SysError::new(format!("write {}", path.display()), e))?;
-            resolv_conf = Some(path);
-            Some(dns::DnsService::start(
-                endpoint,
-                dns::Names::from_plan(plan),
-                resolver,
-            )?)
+    let _dns = match enforced.dns_listen_address() {
+        Some(at) => {
+            let (service, bound) =
+                dns::DnsService::start(at, dns::Names::from_plan(plan), resolver)?;
+            enforced.dns_bound(bound)?;
+            // A resolv.conf can only name a server on port 53; elsewhere the backend redirects.
+            if bound.port() == 53 {
+                let path = resolv_conf_path(state.dir(), slot);
+                let text = format!(
+                    "# written by sbx for sandbox {slot}\nnameserver {}\n",
+                    bound.ip()
+                );
+                std::fs::write(&path, text)
+                    .map_err(|e| SysError::new(format!("write {}", path.display()), e))?;
+                resolv_conf = Some(path);
+            }
+            Some(service)
         }
         None => None,
     };
@@ -201,7 +199,10 @@ fn run_in(
         init.arg("--groups").arg(groups.join(","));
     }
     init.arg("--cwd").arg(cwd).arg("--").args(command);
-    let netns = enforced.netns_fd();
+    let Placement {
+        netns,
+        cgroup_procs,
+    } = enforced.placement();
     let supervisor = getpid();
     // SAFETY: the closure runs between fork and exec and only makes system calls.
     unsafe {
@@ -209,7 +210,16 @@ fn run_in(
             if let Some(fd) = netns {
                 setns(BorrowedFd::borrow_raw(fd), CloneFlags::CLONE_NEWNET)?;
             }
-            unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID)?;
+            let mut namespaces = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
+            if let Some(fd) = cgroup_procs {
+                // Joined before exec, so every socket the command creates belongs to the
+                // sandbox's cgroup; then a cgroup namespace rooted there, which it cannot leave.
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                namespaces |= CloneFlags::CLONE_NEWCGROUP;
+            }
+            unshare(namespaces)?;
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             if getppid() != supervisor {
                 return Err(std::io::Error::other("sbx exited during start-up"));

@@ -31,13 +31,26 @@ impl fmt::Display for SysError {
 
 impl std::error::Error for SysError {}
 
-/// `Result::map_err` with the step's name.
+/// `Result::map_err` with the step's name; the error's sources (the kernel's errno behind a
+/// library's error, say) are kept in the message.
 pub trait Step<T> {
     fn step(self, step: impl FnOnce() -> String) -> Result<T, SysError>;
 }
 
-impl<T, E: fmt::Display> Step<T> for Result<T, E> {
+impl<T, E: std::error::Error> Step<T> for Result<T, E> {
     fn step(self, step: impl FnOnce() -> String) -> Result<T, SysError> {
-        self.map_err(|e| SysError::new(step(), e))
+        self.map_err(|e| {
+            let mut cause = e.to_string();
+            let mut source = e.source();
+            while let Some(inner) = source {
+                let text = inner.to_string();
+                if !cause.contains(&text) {
+                    cause.push_str(": ");
+                    cause.push_str(&text);
+                }
+                source = inner.source();
+            }
+            SysError::new(step(), cause)
+        })
     }
 }

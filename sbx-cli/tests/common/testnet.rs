@@ -220,7 +220,7 @@ pub fn outcomes(output: &Output) -> BTreeMap<String, String> {
         .lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
-            (fields.len() == 5).then(|| {
+            (fields.len() == 6).then(|| {
                 let host = if fields[1].contains(':') {
                     format!("[{}]", fields[1])
                 } else {
@@ -241,7 +241,7 @@ pub fn durations(output: &Output) -> BTreeMap<String, u64> {
         .lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
-            (fields.len() == 5).then(|| {
+            (fields.len() == 6).then(|| {
                 (
                     format!("{}:{}:{}", fields[0], fields[1], fields[2]),
                     fields[4].parse().unwrap_or(0),

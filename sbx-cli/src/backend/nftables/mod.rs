@@ -5,12 +5,11 @@ mod elements;
 pub mod net;
 pub mod ruleset;
 
-use std::net::Ipv4Addr;
-use std::os::fd::RawFd;
+use std::net::SocketAddr;
 
 use ipnet::IpNet;
 
-use super::{Backend, Enforced};
+use super::{Backend, Enforced, Placement};
 use crate::plan::Plan;
 use crate::policy::Mode;
 use crate::sandbox::state::Locked;
@@ -23,6 +22,7 @@ pub struct Nftables;
 
 struct Live {
     netns: NetNs,
+    allowlist: bool,
     /// `None` in mode `none`: the namespace has no link at all.
     layout: Option<Layout>,
     table: Option<String>,
@@ -128,6 +128,7 @@ impl Backend for Nftables {
             })??;
             return Ok(Box::new(Live {
                 netns,
+                allowlist: false,
                 layout: None,
                 table: None,
             }));
@@ -160,6 +161,7 @@ impl Backend for Nftables {
         connection.abort();
         let live = Live {
             netns,
+            allowlist: plan.mode == Mode::Allowlist,
             layout: Some(layout),
             table: applied.is_ok().then(|| ruleset.table().to_string()),
         };
@@ -224,12 +226,23 @@ fn table_exists(table: &str) -> Result<bool, SysError> {
 }
 
 impl Enforced for Live {
-    fn netns_fd(&self) -> Option<RawFd> {
-        Some(self.netns.raw_fd())
+    fn placement(&self) -> Placement {
+        Placement {
+            netns: Some(self.netns.raw_fd()),
+            cgroup_procs: None,
+        }
     }
 
-    fn dns_endpoint(&self) -> Option<Ipv4Addr> {
-        self.layout.as_ref().map(|l| l.host_v4)
+    fn dns_listen_address(&self) -> Option<SocketAddr> {
+        self.layout
+            .as_ref()
+            .filter(|_| self.allowlist)
+            .map(|l| SocketAddr::from((l.host_v4, 53)))
+    }
+
+    fn dns_bound(&mut self, _at: SocketAddr) -> Result<(), SysError> {
+        // The ruleset already sends every DNS packet to the host end of the link, port 53.
+        Ok(())
     }
 
     fn teardown(self: Box<Self>, _locked: &Locked<'_>) -> Result<(), SysError> {
@@ -237,6 +250,7 @@ impl Enforced for Live {
             netns,
             layout,
             table,
+            ..
         } = *self;
         // The link to the host is removed here, so that when sbx exits no link of it is left,
         // at the same time as the table: each removal waits for the kernel, and the two waits

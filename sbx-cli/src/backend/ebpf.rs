@@ -1,0 +1,591 @@
+//! The eBPF backend: the command stays in the host's network stack, in a cgroup of its own, and
+//! cgroup programs judge each connect, unconnected send and socket creation.
+//!
+//! Loading the programs (parsing the kernel's BTF, probing features) costs 40-76 ms, so it is
+//! done once: programs and maps are pinned in a bpffs sbx mounts at `/run/sbx/bpf`, under a
+//! directory named after the object's hash. Each sandbox then only creates a cgroup, attaches
+//! the pinned programs to it through bpf links (closing them detaches; a killed sbx leaves no
+//! attachment), and writes its policy into the maps under its cgroup id. `sbx gc --all` removes
+//! the pinned programs and maps and the mount.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use aya::programs::{
+    CgroupAttachMode, CgroupSock, CgroupSockAddr, CgroupSockAddrAttachType, CgroupSockAttachType,
+};
+use ipnet::IpNet;
+use sbx_common::{
+    Addr4Key, Addr6Key, BoundKey, MAX_PORT_RANGES, MAX_RULE_SETS, MODE_ALLOWLIST, MODE_NONE,
+    MODE_OPEN, PROTO_ANY, PROTO_TCP, PROTO_UDP, Policy, RuleSet, RuleSetKey, VERDICT_ALLOW,
+    VERDICT_DENY,
+};
+
+use super::{Backend, Enforced, Placement};
+use crate::plan::{Plan, RuleSet as PlanRuleSet};
+use crate::policy::{Mode, Ports, Protocol};
+use crate::sandbox::state::{Locked, STATE_DIR};
+use crate::sys::{Step, SysError};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!("../../ebpf/sbx.bpf.o");
+
+const SOCK_ADDR_PROGRAMS: [(&str, CgroupSockAddrAttachType); 4] = [
+    ("connect4", CgroupSockAddrAttachType::Connect4),
+    ("connect6", CgroupSockAddrAttachType::Connect6),
+    ("sendmsg4", CgroupSockAddrAttachType::UDPSendMsg4),
+    ("sendmsg6", CgroupSockAddrAttachType::UDPSendMsg6),
+];
+const SOCK_PROGRAMS: [(&str, CgroupSockAttachType); 3] = [
+    ("sock_create", CgroupSockAttachType::SockCreate),
+    ("post_bind4", CgroupSockAttachType::PostBind4),
+    ("post_bind6", CgroupSockAttachType::PostBind6),
+];
+const MAPS: [&str; 8] = [
+    "POLICIES",
+    "RULE_SETS",
+    "ALLOW4",
+    "DENY4",
+    "ALLOW6",
+    "DENY6",
+    "BOUND",
+    "EVENTS",
+];
+
+/// The bpffs where sbx pins its programs and maps.
+pub fn bpf_dir() -> PathBuf {
+    Path::new(STATE_DIR).join("bpf")
+}
+
+/// The pins of this build of sbx: a directory per object, so that two versions of sbx never
+/// share maps whose layout differs.
+fn pins() -> PathBuf {
+    let hash = OBJECT.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    });
+    bpf_dir().join(format!("{hash:016x}"))
+}
+
+/// The cgroup v2 mount, from /proc/self/mountinfo (never assumed: it is
+/// /sys/fs/cgroup/unified on hybrid systems, /sys/fs/cgroup on unified ones).
+pub fn cgroup2_mount() -> Result<PathBuf, SysError> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .step(|| "read /proc/self/mountinfo".into())?;
+    info.lines()
+        .find_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            let mount_point = mount.split(' ').nth(4)?;
+            (fs.split(' ').next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .ok_or_else(|| {
+            SysError::new(
+                "find the cgroup v2 mount",
+                "no cgroup2 file system is mounted",
+            )
+        })
+}
+
+fn sandbox_cgroup(slot: u32) -> Result<PathBuf, SysError> {
+    Ok(cgroup2_mount()?.join("sbx").join(slot.to_string()))
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+}
+
+/// Mounts sbx's bpffs and loads and pins the programs and maps, unless that is done already.
+fn ensure_loaded() -> Result<(), SysError> {
+    let dir = bpf_dir();
+    if !is_bpffs(&dir) {
+        std::fs::create_dir_all(&dir).step(|| format!("create {}", dir.display()))?;
+        nix::mount::mount(
+            Some("bpf"),
+            &dir,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            Some("mode=0700"),
+        )
+        .step(|| format!("mount a bpf file system on {}", dir.display()))?;
+    }
+    let pins = pins();
+    if pins.join("prog_post_bind6").exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&pins).step(|| format!("create {}", pins.display()))?;
+    let mut ebpf = aya::Ebpf::load(OBJECT).step(|| "load sbx's eBPF programs".into())?;
+    for (name, _) in SOCK_ADDR_PROGRAMS {
+        let program: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or_else(|| {
+                SysError::new(format!("find program {name}"), "missing from the object")
+            })?
+            .try_into()
+            .step(|| format!("program {name}"))?;
+        program
+            .load()
+            .step(|| format!("verify and load program {name}"))?;
+        program
+            .pin(pins.join(format!("prog_{name}")))
+            .step(|| format!("pin program {name}"))?;
+    }
+    for (name, _) in SOCK_PROGRAMS {
+        let program: &mut CgroupSock = ebpf
+            .program_mut(name)
+            .ok_or_else(|| {
+                SysError::new(format!("find program {name}"), "missing from the object")
+            })?
+            .try_into()
+            .step(|| format!("program {name}"))?;
+        program
+            .load()
+            .step(|| format!("verify and load program {name}"))?;
+        program
+            .pin(pins.join(format!("prog_{name}")))
+            .step(|| format!("pin program {name}"))?;
+    }
+    for name in MAPS {
+        ebpf.map(name)
+            .ok_or_else(|| SysError::new(format!("find map {name}"), "missing from the object"))?
+            .pin(pins.join(format!("map_{name}")))
+            .step(|| format!("pin map {name}"))?;
+    }
+    Ok(())
+}
+
+fn pinned_map(name: &str) -> Result<Map, SysError> {
+    let data = MapData::from_pin(pins().join(format!("map_{name}")))
+        .step(|| format!("open pinned map {name}"))?;
+    Map::from_map_data(data).step(|| format!("open pinned map {name}"))
+}
+
+/// The maps of sbx's programs, opened from their pins.
+struct Maps {
+    policies: BpfHashMap<MapData, u64, Policy>,
+    rule_sets: BpfHashMap<MapData, RuleSetKey, RuleSet>,
+    allow4: LpmTrie<MapData, Addr4Key, u64>,
+    deny4: LpmTrie<MapData, Addr4Key, u64>,
+    allow6: LpmTrie<MapData, Addr6Key, u64>,
+    deny6: LpmTrie<MapData, Addr6Key, u64>,
+    bound: BpfHashMap<MapData, BoundKey, u8>,
+}
+
+impl Maps {
+    fn open() -> Result<Maps, SysError> {
+        Ok(Maps {
+            policies: pinned_map("POLICIES")?
+                .try_into()
+                .step(|| "map POLICIES".into())?,
+            rule_sets: pinned_map("RULE_SETS")?
+                .try_into()
+                .step(|| "map RULE_SETS".into())?,
+            allow4: pinned_map("ALLOW4")?
+                .try_into()
+                .step(|| "map ALLOW4".into())?,
+            deny4: pinned_map("DENY4")?
+                .try_into()
+                .step(|| "map DENY4".into())?,
+            allow6: pinned_map("ALLOW6")?
+                .try_into()
+                .step(|| "map ALLOW6".into())?,
+            deny6: pinned_map("DENY6")?
+                .try_into()
+                .step(|| "map DENY6".into())?,
+            bound: pinned_map("BOUND")?
+                .try_into()
+                .step(|| "map BOUND".into())?,
+        })
+    }
+
+    /// Removes every entry of the sandboxes whose cgroup id `dead` says is gone.
+    fn purge(&mut self, dead: impl Fn(u64) -> bool) -> Result<(), SysError> {
+        let keys: Vec<u64> = self
+            .policies
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|c| dead(*c))
+            .collect();
+        for key in keys {
+            let _ = self.policies.remove(&key);
+        }
+        let keys: Vec<RuleSetKey> = self
+            .rule_sets
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| dead(k.cgroup))
+            .collect();
+        for key in keys {
+            let _ = self.rule_sets.remove(&key);
+        }
+        for trie in [&mut self.allow4, &mut self.deny4] {
+            let keys: Vec<Key<Addr4Key>> = trie
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| dead(k.data().cgroup))
+                .collect();
+            for key in keys {
+                let _ = trie.remove(&key);
+            }
+        }
+        for trie in [&mut self.allow6, &mut self.deny6] {
+            let keys: Vec<Key<Addr6Key>> = trie
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| dead(k.data().cgroup))
+                .collect();
+            for key in keys {
+                let _ = trie.remove(&key);
+            }
+        }
+        let keys: Vec<BoundKey> = self
+            .bound
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| dead(k.cgroup))
+            .collect();
+        for key in keys {
+            let _ = self.bound.remove(&key);
+        }
+        Ok(())
+    }
+}
+
+/// The rule sets of one verdict as the programs read them: descriptors (protocol, at most
+/// [`MAX_PORT_RANGES`] ranges) and, per address block, the bits of the descriptors that apply.
+/// The trie answers a lookup with the longest matching block only, so a block inside another
+/// also carries the outer block's bits.
+fn encode(sets: &[PlanRuleSet]) -> Result<(Vec<RuleSet>, BTreeMap<IpNet, u64>), String> {
+    let mut descriptors = Vec::new();
+    let mut blocks: BTreeMap<IpNet, u64> = BTreeMap::new();
+    for set in sets {
+        let ranges: Vec<[u16; 2]> = match &set.ports {
+            Ports::All => vec![[0, u16::MAX]],
+            Ports::Only(ranges) => ranges.iter().map(|r| [r.first, r.last]).collect(),
+        };
+        let protocol = match set.protocol {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+            Protocol::Any => PROTO_ANY,
+        };
+        let mut bits = 0u64;
+        for chunk in ranges.chunks(MAX_PORT_RANGES) {
+            if descriptors.len() == MAX_RULE_SETS {
+                return Err(format!(
+                    "more than {MAX_RULE_SETS} distinct protocol and port combinations (counting {MAX_PORT_RANGES} port ranges as one)"
+                ));
+            }
+            let mut ports = [[0u16; 2]; MAX_PORT_RANGES];
+            ports[..chunk.len()].copy_from_slice(chunk);
+            bits |= 1 << descriptors.len();
+            descriptors.push(RuleSet {
+                protocol,
+                ranges: chunk.len() as u8,
+                _pad: [0; 2],
+                ports,
+            });
+        }
+        for net in &set.addresses {
+            *blocks.entry(*net).or_default() |= bits;
+        }
+    }
+    let inherited: BTreeMap<IpNet, u64> = blocks
+        .iter()
+        .map(|(net, bits)| {
+            let outer = blocks
+                .iter()
+                .filter(|(other, _)| *other != net && other.contains(net))
+                .fold(0, |acc, (_, b)| acc | b);
+            (*net, bits | outer)
+        })
+        .collect();
+    Ok((descriptors, inherited))
+}
+
+fn trie_key4(cgroup: u64, net: &IpNet) -> Option<Key<Addr4Key>> {
+    match net {
+        IpNet::V4(n) => Some(Key::new(
+            64 + u32::from(n.prefix_len()),
+            Addr4Key {
+                cgroup,
+                addr: n.network().octets(),
+                _pad: [0; 4],
+            },
+        )),
+        IpNet::V6(_) => None,
+    }
+}
+
+fn trie_key6(cgroup: u64, net: &IpNet) -> Option<Key<Addr6Key>> {
+    match net {
+        IpNet::V6(n) => Some(Key::new(
+            64 + u32::from(n.prefix_len()),
+            Addr6Key {
+                cgroup,
+                addr: n.network().octets(),
+            },
+        )),
+        IpNet::V4(_) => None,
+    }
+}
+
+pub struct Ebpf;
+
+struct Live {
+    cgroup: PathBuf,
+    cgroup_id: u64,
+    procs: File,
+    mode: u8,
+    sock_addr: Vec<CgroupSockAddr>,
+    sock: Vec<CgroupSock>,
+}
+
+impl Backend for Ebpf {
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn refusals(&self, plan: &Plan) -> Vec<String> {
+        let mut refusals = Vec::new();
+        for (verdict, sets) in [("allow", &plan.allow), ("deny", &plan.deny)] {
+            if let Err(why) = encode(sets) {
+                refusals.push(format!(
+                    "`{verdict}` has {why}, more than the eBPF backend's maps hold"
+                ));
+            }
+        }
+        refusals
+    }
+
+    fn describe(&self, plan: &Plan) -> String {
+        format!(
+            "a cgroup of its own under {}/sbx, with sbx's programs on connect4/6, sendmsg4/6, \
+             sock_create and post_bind4/6 (pinned in {}), and this policy in their maps:\n\
+             mode {}, {} allow and {} deny rule sets\n",
+            cgroup2_mount()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|e| e.to_string()),
+            bpf_dir().display(),
+            plan.mode.as_str(),
+            plan.allow.len(),
+            plan.deny.len()
+        )
+    }
+
+    fn setup(
+        &self,
+        plan: &Plan,
+        slot: u32,
+        _locked: &Locked<'_>,
+    ) -> Result<Box<dyn Enforced>, SysError> {
+        ensure_loaded()?;
+        let cgroup = sandbox_cgroup(slot)?;
+        std::fs::create_dir_all(&cgroup).step(|| format!("create cgroup {}", cgroup.display()))?;
+        let cgroup_id = std::fs::metadata(&cgroup)
+            .step(|| format!("stat {}", cgroup.display()))?
+            .ino();
+        let procs = File::options()
+            .write(true)
+            .open(cgroup.join("cgroup.procs"))
+            .step(|| format!("open {}/cgroup.procs", cgroup.display()))?;
+        let mode = match plan.mode {
+            Mode::None => MODE_NONE,
+            Mode::Allowlist => MODE_ALLOWLIST,
+            Mode::Open => MODE_OPEN,
+        };
+        let mut live = Live {
+            cgroup,
+            cgroup_id,
+            procs,
+            mode,
+            sock_addr: Vec::new(),
+            sock: Vec::new(),
+        };
+        if let Err(e) = live.fill(plan).and_then(|()| live.attach()) {
+            let _ = Box::new(live).teardown(_locked);
+            return Err(e);
+        }
+        Ok(Box::new(live))
+    }
+
+    fn clean_dead_slot(&self, slot: u32) -> Result<(), SysError> {
+        let cgroup = sandbox_cgroup(slot)?;
+        if cgroup.exists() {
+            remove_cgroup(&cgroup)?;
+        }
+        if pins().join("map_POLICIES").exists() {
+            let live = live_cgroup_ids()?;
+            Maps::open()?.purge(|id| !live.contains(&id))?;
+        }
+        Ok(())
+    }
+}
+
+/// The cgroup ids of sandboxes that still have a cgroup.
+fn live_cgroup_ids() -> Result<Vec<u64>, SysError> {
+    let parent = cgroup2_mount()?.join("sbx");
+    let Ok(entries) = std::fs::read_dir(&parent) else {
+        return Ok(Vec::new());
+    };
+    Ok(entries
+        .filter_map(|e| Some(e.ok()?.metadata().ok()?.ino()))
+        .collect())
+}
+
+/// Removes an empty cgroup; its last processes may take a moment to leave it.
+fn remove_cgroup(path: &Path) -> Result<(), SysError> {
+    for attempt in 0..200 {
+        match std::fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 199 => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => {
+                return Err(SysError::new(
+                    format!("remove cgroup {}", path.display()),
+                    e,
+                ));
+            }
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+impl Live {
+    fn fill(&mut self, plan: &Plan) -> Result<(), SysError> {
+        let mut maps = Maps::open()?;
+        let cgroup = self.cgroup_id;
+        for (verdict, sets) in [(VERDICT_ALLOW, &plan.allow), (VERDICT_DENY, &plan.deny)] {
+            let (descriptors, blocks) =
+                encode(sets).map_err(|why| SysError::new("encode the policy", why))?;
+            for (index, descriptor) in descriptors.iter().enumerate() {
+                let key = RuleSetKey {
+                    cgroup,
+                    verdict,
+                    index: index as u32,
+                };
+                maps.rule_sets
+                    .insert(key, descriptor, 0)
+                    .step(|| "write a rule set".into())?;
+            }
+            let (trie4, trie6) = if verdict == VERDICT_ALLOW {
+                (&mut maps.allow4, &mut maps.allow6)
+            } else {
+                (&mut maps.deny4, &mut maps.deny6)
+            };
+            for (net, bits) in &blocks {
+                if let Some(key) = trie_key4(cgroup, net) {
+                    trie4
+                        .insert(&key, bits, 0)
+                        .step(|| format!("write address entry {net}"))?;
+                }
+                if let Some(key) = trie_key6(cgroup, net) {
+                    trie6
+                        .insert(&key, bits, 0)
+                        .step(|| format!("write address entry {net}"))?;
+                }
+            }
+        }
+        let policy = Policy {
+            dns_ip4: 0,
+            dns_port: 0,
+            mode: self.mode,
+            _pad: 0,
+        };
+        maps.policies
+            .insert(cgroup, policy, 0)
+            .step(|| "write the sandbox's policy".into())
+    }
+
+    fn attach(&mut self) -> Result<(), SysError> {
+        let cgroup = File::open(&self.cgroup).step(|| format!("open {}", self.cgroup.display()))?;
+        for (name, kind) in SOCK_ADDR_PROGRAMS {
+            let mut program = CgroupSockAddr::from_pin(pins().join(format!("prog_{name}")), kind)
+                .step(|| format!("open pinned program {name}"))?;
+            program
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .step(|| format!("attach {name} to {}", self.cgroup.display()))?;
+            self.sock_addr.push(program);
+        }
+        for (name, kind) in SOCK_PROGRAMS {
+            let mut program = CgroupSock::from_pin(pins().join(format!("prog_{name}")), kind)
+                .step(|| format!("open pinned program {name}"))?;
+            program
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .step(|| format!("attach {name} to {}", self.cgroup.display()))?;
+            self.sock.push(program);
+        }
+        Ok(())
+    }
+}
+
+impl Enforced for Live {
+    fn placement(&self) -> Placement {
+        Placement {
+            netns: None,
+            cgroup_procs: Some(self.procs.as_raw_fd()),
+        }
+    }
+
+    fn dns_listen_address(&self) -> Option<SocketAddr> {
+        (self.mode == MODE_ALLOWLIST).then(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    fn dns_bound(&mut self, at: SocketAddr) -> Result<(), SysError> {
+        let IpAddr::V4(ip) = at.ip() else {
+            return Err(SysError::new(
+                "configure the DNS redirect",
+                "the DNS service is not on IPv4",
+            ));
+        };
+        let mut maps = Maps::open()?;
+        let policy = Policy {
+            dns_ip4: u32::from(ip),
+            dns_port: at.port(),
+            mode: self.mode,
+            _pad: 0,
+        };
+        maps.policies
+            .insert(self.cgroup_id, policy, 0)
+            .step(|| "write the DNS redirect".into())
+    }
+
+    fn teardown(self: Box<Self>, _locked: &Locked<'_>) -> Result<(), SysError> {
+        let Live {
+            cgroup,
+            cgroup_id,
+            procs,
+            sock_addr,
+            sock,
+            ..
+        } = *self;
+        // Dropping the programs closes their links: they detach from the cgroup.
+        drop(sock_addr);
+        drop(sock);
+        drop(procs);
+        let removed = remove_cgroup(&cgroup);
+        let purged = Maps::open().and_then(|mut maps| maps.purge(|id| id == cgroup_id));
+        removed.and(purged)
+    }
+}
+
+/// For `sbx gc --all`: unpins everything and unmounts sbx's bpffs, when no sandbox is live.
+pub fn remove_pinned_state() -> Result<bool, SysError> {
+    let dir = bpf_dir();
+    if !is_bpffs(&dir) {
+        let _ = std::fs::remove_dir(&dir);
+        return Ok(false);
+    }
+    nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH)
+        .step(|| format!("unmount {}", dir.display()))?;
+    std::fs::remove_dir(&dir).step(|| format!("remove {}", dir.display()))?;
+    if let Ok(parent) = cgroup2_mount().map(|m| m.join("sbx")) {
+        let _ = std::fs::remove_dir(parent);
+    }
+    Ok(true)
+}
