@@ -190,16 +190,26 @@ enum Command {
     /// Remove what sandboxes of sbx processes that died left behind.
     #[command(
         long_about = "Remove what sandboxes of sbx processes that died (SIGKILL, say) \
-        left behind: nftables tables, links, state files, and the IP forwarding sysctls sbx \
-        turned on. Sandboxes of live sbx processes are never touched. Every `sbx apply` does the \
-        same before it starts, so this is only needed to tidy up sooner."
+        left behind: nftables tables, links, cgroups, eBPF map entries, state files, and the IP \
+        forwarding sysctls sbx turned on. Sandboxes of live sbx processes are never touched. \
+        Every `sbx apply` does the same before it starts, so this is only needed to tidy up \
+        sooner.\n\n\
+        With --all, and when no sandbox is live, also removes what the eBPF backend keeps \
+        between runs: its programs and maps, pinned in the bpf file system sbx mounts at \
+        /run/sbx/bpf, and the mount itself. The next eBPF sandbox loads them again."
     )]
-    Gc,
+    Gc {
+        /// Also remove the eBPF programs and maps kept between runs (when no sandbox is live).
+        #[arg(long)]
+        all: bool,
+    },
 
     #[command(name = "__init", hide = true)]
     Init {
         #[arg(long)]
         resolv_conf: Option<PathBuf>,
+        #[arg(long)]
+        cgroup_confined: bool,
         #[arg(long)]
         uid: Option<u32>,
         #[arg(long)]
@@ -260,23 +270,10 @@ pub fn main() -> ExitCode {
             },
             &mut stderr,
         ),
-        Command::Gc => match sandbox::gc() {
-            Ok(cleaned) if cleaned.is_empty() => {
-                writeln!(stderr, "nothing to clean").map(|()| ExitCode::SUCCESS)
-            }
-            Ok(cleaned) => {
-                let slots: Vec<String> = cleaned.iter().map(u32::to_string).collect();
-                writeln!(
-                    stderr,
-                    "removed what dead sandboxes left in slots {}",
-                    slots.join(", ")
-                )
-                .map(|()| ExitCode::SUCCESS)
-            }
-            Err(e) => writeln!(stderr, "error: {e}").map(|()| ExitCode::FAILURE),
-        },
+        Command::Gc { all } => gc(all, &mut stderr),
         Command::Init {
             resolv_conf,
+            cgroup_confined,
             uid,
             gid,
             groups,
@@ -289,6 +286,7 @@ pub fn main() -> ExitCode {
             };
             sandbox::init::run(sandbox::init::InitArgs {
                 resolv_conf,
+                cgroup_confined,
                 run_as,
                 cwd,
                 command,
@@ -388,4 +386,34 @@ fn apply(
             }))
         }
     }
+}
+
+fn gc(all: bool, stderr: &mut StandardStream) -> io::Result<ExitCode> {
+    let report = match sandbox::gc(all) {
+        Ok(report) => report,
+        Err(e) => {
+            writeln!(stderr, "error: {e}")?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if report.cleaned.is_empty() {
+        writeln!(stderr, "no dead sandboxes")?;
+    } else {
+        let slots: Vec<String> = report.cleaned.iter().map(u32::to_string).collect();
+        writeln!(
+            stderr,
+            "removed what dead sandboxes left in slots {}",
+            slots.join(", ")
+        )?;
+    }
+    match report.pinned_removed {
+        Some(true) => writeln!(stderr, "removed sbx's pinned eBPF programs and maps")?,
+        Some(false) => writeln!(stderr, "no pinned eBPF programs or maps")?,
+        None if all => writeln!(
+            stderr,
+            "kept the pinned eBPF programs and maps: a live sandbox uses them"
+        )?,
+        None => {}
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -41,6 +41,9 @@ pub enum RunAs {
 #[derive(Debug, Clone)]
 pub struct InitArgs {
     pub resolv_conf: Option<PathBuf>,
+    /// The sandbox is a cgroup (and this process in a cgroup namespace rooted there): hide the
+    /// host's cgroup tree, which the command could otherwise write itself out through.
+    pub cgroup_confined: bool,
     pub run_as: RunAs,
     pub cwd: PathBuf,
     pub command: Vec<OsString>,
@@ -146,7 +149,7 @@ fn reaper(args: InitArgs, set: &SigSet, watch: OwnedFd) -> ! {
     if parent_gone(&watch) {
         std::process::exit(125);
     }
-    if let Err(e) = set_up_mounts(args.resolv_conf.as_deref()) {
+    if let Err(e) = set_up_mounts(args.resolv_conf.as_deref(), args.cgroup_confined) {
         fail("set up the sandbox's mounts", e);
     }
     // SAFETY: still single-threaded.
@@ -192,9 +195,10 @@ fn parent_gone(watch: &OwnedFd) -> bool {
     ready > 0 && poll.revents & (libc::POLLHUP | libc::POLLIN) != 0
 }
 
-/// A private view of the mounts: a /proc of the sandbox's PID namespace, and the sandbox's own
-/// resolv.conf (read-only) where the host's is.
-fn set_up_mounts(resolv_conf: Option<&Path>) -> Result<(), String> {
+/// A private view of the mounts: a /proc of the sandbox's PID namespace, the sandbox's own
+/// resolv.conf (read-only) where the host's is, and, for a cgroup sandbox, every cgroup2 mount
+/// read-only.
+fn set_up_mounts(resolv_conf: Option<&Path>, cgroup_confined: bool) -> Result<(), String> {
     mount(
         None::<&str>,
         "/",
@@ -232,7 +236,39 @@ fn set_up_mounts(resolv_conf: Option<&Path>) -> Result<(), String> {
         )
         .map_err(|e| format!("make {} read-only: {e}", target.display()))?;
     }
+    if cgroup_confined {
+        // Without this, a command running as uid 0 owns the root cgroup's cgroup.procs and can
+        // move itself out of the sandbox's cgroup (a cgroup namespace only bounds that when the
+        // host mounted cgroup2 with nsdelegate, which sbx does not change).
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
+        for line in mountinfo.lines() {
+            let Some((mount, fs)) = line.split_once(" - ") else {
+                continue;
+            };
+            if fs.split(' ').next() != Some("cgroup2") {
+                continue;
+            }
+            let Some(point) = mount.split(' ').nth(4) else {
+                continue;
+            };
+            mount_cgroup2_read_only(point)?;
+        }
+    }
     Ok(())
+}
+
+/// Makes this namespace's copy of a cgroup2 mount read-only: no cgroup.procs write, no mkdir.
+/// The host's mount is another copy and stays as it is.
+fn mount_cgroup2_read_only(point: &str) -> Result<(), String> {
+    let flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    mount(None::<&str>, point, None::<&str>, flags, None::<&str>)
+        .map_err(|e| format!("make {point} read-only: {e}"))
 }
 
 fn run_command(args: &InitArgs) -> ! {

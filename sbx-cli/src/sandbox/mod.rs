@@ -120,11 +120,11 @@ pub fn apply(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<
     let state = State::open()?;
     let (slot, enforced) = {
         let locked = state.lock()?;
-        clean_dead_slots(backend.as_ref(), &locked)?;
+        clean_dead_slots(&locked)?;
         let mut stale = Vec::new();
         let slot = locked.claim(&mut stale)?;
         for index in stale {
-            backend.clean_dead_slot(index)?;
+            clean_slot(index, locked.dir())?;
         }
         match backend.setup(plan, slot.index, &locked) {
             Ok(enforced) => (slot, enforced),
@@ -198,11 +198,14 @@ fn run_in(
         let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
         init.arg("--groups").arg(groups.join(","));
     }
-    init.arg("--cwd").arg(cwd).arg("--").args(command);
     let Placement {
         netns,
         cgroup_procs,
     } = enforced.placement();
+    if cgroup_procs.is_some() {
+        init.arg("--cgroup-confined");
+    }
+    init.arg("--cwd").arg(cwd).arg("--").args(command);
     let supervisor = getpid();
     // SAFETY: the closure runs between fork and exec and only makes system calls.
     unsafe {
@@ -278,31 +281,50 @@ fn resolv_conf_path(dir: &Path, slot: u32) -> PathBuf {
     dir.join(format!("resolv-{slot}.conf"))
 }
 
-fn clean_dead_slots(backend: &dyn Backend, locked: &Locked<'_>) -> Result<(), SysError> {
-    for slot in locked.dead_slots()? {
-        backend.clean_dead_slot(slot.index)?;
-        let _ = std::fs::remove_file(resolv_conf_path(locked.dir(), slot.index));
-        slot.release(locked)?;
-    }
+/// Removes what the dead sandbox in `slot` left, whichever backend it used.
+fn clean_slot(slot: u32, dir: &Path) -> Result<(), SysError> {
+    crate::backend::nftables::Nftables.clean_dead_slot(slot)?;
+    crate::backend::ebpf::Ebpf.clean_dead_slot(slot)?;
+    let _ = std::fs::remove_file(resolv_conf_path(dir, slot));
     Ok(())
 }
 
-/// `sbx gc`: removes what dead sandboxes left behind; live ones are untouched. Returns the
-/// slots cleaned.
-pub fn gc() -> Result<Vec<u32>, ApplyError> {
+/// Cleans and releases every dead slot; returns their numbers.
+fn clean_dead_slots(locked: &Locked<'_>) -> Result<Vec<u32>, SysError> {
+    let mut cleaned = Vec::new();
+    for slot in locked.dead_slots()? {
+        clean_slot(slot.index, locked.dir())?;
+        cleaned.push(slot.index);
+        slot.release(locked)?;
+    }
+    Ok(cleaned)
+}
+
+/// What `sbx gc` did.
+pub struct GcReport {
+    /// Slots of dead sandboxes whose leftovers were removed.
+    pub cleaned: Vec<u32>,
+    /// With `--all`: whether sbx's pinned eBPF programs and maps were removed; `None` when a
+    /// live sandbox still uses them.
+    pub pinned_removed: Option<bool>,
+}
+
+/// `sbx gc`: removes what dead sandboxes left behind; live ones are untouched. With `all`, and
+/// when no sandbox is live, also the state kept between runs (pinned eBPF programs and maps).
+pub fn gc(all: bool) -> Result<GcReport, ApplyError> {
     check_privileges()?;
     let state = State::open()?;
     let locked = state.lock()?;
-    let backend = crate::backend::nftables::Nftables;
-    let mut cleaned = Vec::new();
-    for slot in locked.dead_slots()? {
-        backend.clean_dead_slot(slot.index)?;
-        let _ = std::fs::remove_file(resolv_conf_path(locked.dir(), slot.index));
-        cleaned.push(slot.index);
-        slot.release(&locked)?;
-    }
+    let cleaned = clean_dead_slots(&locked)?;
     locked.restore_forwarding_if_unused()?;
-    Ok(cleaned)
+    let pinned_removed = match all && locked.live_slots()? == 0 {
+        true => Some(crate::backend::ebpf::remove_pinned_state()?),
+        false => None,
+    };
+    Ok(GcReport {
+        cleaned,
+        pinned_removed,
+    })
 }
 
 fn check_privileges() -> Result<(), ApplyError> {
