@@ -84,6 +84,8 @@ pub(crate) fn run(root: &Path, program: &str, args: &[&str]) -> Result<(), Strin
 
 fn test(root: &Path) -> Result<(), String> {
     run(root, "cargo", &["fmt", "--all", "--check"])?;
+    // The committed eBPF object must be what its sources build.
+    ebpf::build(root, true)?;
     run(
         root,
         "cargo",
