@@ -293,17 +293,24 @@ fn encode(sets: &[PlanRuleSet]) -> Result<(Vec<RuleSet>, BTreeMap<IpNet, u64>), 
             *blocks.entry(*net).or_default() |= bits;
         }
     }
-    let inherited: BTreeMap<IpNet, u64> = blocks
-        .iter()
-        .map(|(net, bits)| {
-            let outer = blocks
-                .iter()
-                .filter(|(other, _)| *other != net && other.contains(net))
-                .fold(0, |acc, (_, b)| acc | b);
-            (*net, bits | outer)
-        })
-        .collect();
-    Ok((descriptors, inherited))
+    Ok((descriptors, inherit(&blocks)))
+}
+
+/// Each block's bits ORed with those of every block containing it. In address order (a block
+/// before the blocks inside it: same network, shorter prefix first) the containers of a block are
+/// exactly the stack of still-open blocks, so one pass does it.
+fn inherit(blocks: &BTreeMap<IpNet, u64>) -> BTreeMap<IpNet, u64> {
+    let mut open: Vec<(IpNet, u64)> = Vec::new();
+    let mut out = BTreeMap::new();
+    for (net, bits) in blocks {
+        while open.last().is_some_and(|(outer, _)| !outer.contains(net)) {
+            open.pop();
+        }
+        let total = bits | open.last().map_or(0, |(_, b)| *b);
+        open.push((*net, total));
+        out.insert(*net, total);
+    }
+    out
 }
 
 fn trie_key4(cgroup: u64, net: &IpNet) -> Option<Key<Addr4Key>> {
@@ -335,9 +342,18 @@ fn trie_key6(cgroup: u64, net: &IpNet) -> Option<Key<Addr6Key>> {
 
 pub struct Ebpf;
 
+#[derive(Default)]
+struct Written {
+    rule_sets: Vec<RuleSetKey>,
+    v4: Vec<(u32, Key<Addr4Key>)>,
+    v6: Vec<(u32, Key<Addr6Key>)>,
+}
+
 struct Live {
     cgroup: PathBuf,
     cgroup_id: u64,
+    /// What `fill` wrote, so that teardown removes exactly that.
+    written: Written,
     procs: File,
     mode: u8,
     sock_addr: Vec<CgroupSockAddr>,
@@ -400,6 +416,7 @@ impl Backend for Ebpf {
         let mut live = Live {
             cgroup,
             cgroup_id,
+            written: Written::default(),
             procs,
             mode,
             sock_addr: Vec::new(),
@@ -438,12 +455,12 @@ fn live_cgroup_ids() -> Result<Vec<u64>, SysError> {
 
 /// Removes an empty cgroup; its last processes may take a moment to leave it.
 fn remove_cgroup(path: &Path) -> Result<(), SysError> {
-    for attempt in 0..200 {
+    for attempt in 0..1000 {
         match std::fs::remove_dir(path) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 199 => {
-                std::thread::sleep(std::time::Duration::from_millis(5));
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 999 => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
             Err(e) => {
                 return Err(SysError::new(
@@ -472,6 +489,7 @@ impl Live {
                 maps.rule_sets
                     .insert(key, descriptor, 0)
                     .step(|| "write a rule set".into())?;
+                self.written.rule_sets.push(key);
             }
             let (trie4, trie6) = if verdict == VERDICT_ALLOW {
                 (&mut maps.allow4, &mut maps.allow6)
@@ -483,11 +501,13 @@ impl Live {
                     trie4
                         .insert(&key, bits, 0)
                         .step(|| format!("write address entry {net}"))?;
+                    self.written.v4.push((verdict, key));
                 }
                 if let Some(key) = trie_key6(cgroup, net) {
                     trie6
                         .insert(&key, bits, 0)
                         .step(|| format!("write address entry {net}"))?;
+                    self.written.v6.push((verdict, key));
                 }
             }
         }
@@ -559,6 +579,7 @@ impl Enforced for Live {
         let Live {
             cgroup,
             cgroup_id,
+            written,
             procs,
             sock_addr,
             sock,
@@ -569,7 +590,36 @@ impl Enforced for Live {
         drop(sock);
         drop(procs);
         let removed = remove_cgroup(&cgroup);
-        let purged = Maps::open().and_then(|mut maps| maps.purge(|id| id == cgroup_id));
+        let purged = Maps::open().map(|mut maps| {
+            let _ = maps.policies.remove(&cgroup_id);
+            for key in &written.rule_sets {
+                let _ = maps.rule_sets.remove(key);
+            }
+            for (verdict, key) in &written.v4 {
+                let trie = match *verdict {
+                    VERDICT_ALLOW => &mut maps.allow4,
+                    _ => &mut maps.deny4,
+                };
+                let _ = trie.remove(key);
+            }
+            for (verdict, key) in &written.v6 {
+                let trie = match *verdict {
+                    VERDICT_ALLOW => &mut maps.allow6,
+                    _ => &mut maps.deny6,
+                };
+                let _ = trie.remove(key);
+            }
+            // The command's own listeners: few, and not known in advance.
+            let bound: Vec<BoundKey> = maps
+                .bound
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.cgroup == cgroup_id)
+                .collect();
+            for key in bound {
+                let _ = maps.bound.remove(&key);
+            }
+        });
         removed.and(purged)
     }
 }
@@ -588,4 +638,25 @@ pub fn remove_pinned_state() -> Result<bool, SysError> {
         let _ = std::fs::remove_dir(parent);
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_inside_blocks_carry_the_outer_bits() {
+        let blocks: BTreeMap<IpNet, u64> = [
+            ("10.0.0.0/8", 0b001),
+            ("10.1.0.0/16", 0b010),
+            ("10.1.2.0/24", 0b100),
+            ("10.2.0.0/16", 0b100),
+            ("11.0.0.0/8", 0b100),
+        ]
+        .into_iter()
+        .map(|(n, b)| (n.parse().unwrap(), b))
+        .collect();
+        let got: Vec<u64> = inherit(&blocks).into_values().collect();
+        assert_eq!(got, [0b001, 0b011, 0b111, 0b101, 0b100]);
+    }
 }
