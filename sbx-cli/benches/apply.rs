@@ -1,20 +1,35 @@
-//! `sbx apply` of `true`: start-up and teardown cost by mode and number of address entries, next
-//! to `unshare -n true`; and how fast a denied TCP connect fails. Needs root.
+//! `sbx apply`, both backends: start-up and teardown cost of `true` by mode and number of
+//! address entries, next to `unshare -n true`; how fast a denied TCP connect fails; the cost of
+//! one connect() under a 10,000-entry policy; TCP throughput to a test host. Needs root.
 //! Run: `cargo bench --bench apply` (or `cargo xtask bench`).
 
 #[path = "../tests/common/testnet.rs"]
 mod testnet;
 
+use std::io::{BufRead, Write};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 const RUNS: usize = 21;
+const BACKENDS: [&str; 2] = ["nftables", "ebpf"];
+/// This benchmark runs parts of itself inside sandboxes and test hosts; the part is named here.
+const ROLE: &str = "SBX_BENCH_ROLE";
+const CONNECTS: u32 = 200_000;
+const SEND_BYTES: usize = 1 << 30;
 
 fn main() {
+    match std::env::var(ROLE).as_deref() {
+        Ok("connect-loop") => return connect_loop(),
+        Ok("sink") => return sink(),
+        Ok("send") => return send(),
+        _ => {}
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("the apply benchmark creates namespaces and nftables tables: run it as root");
+        eprintln!(
+            "the apply benchmark creates namespaces, cgroups and nftables tables: run it as root"
+        );
         std::process::exit(1);
     }
     let dir = tempfile::tempdir().unwrap();
@@ -24,43 +39,33 @@ fn main() {
         "none.yaml",
         "version: 1\nnetwork: {mode: none}\n",
     );
-    let mut rows = vec![
-        (
-            "unshare -n true".to_string(),
-            median_ms(|| run(Command::new("unshare").args(["-n", "true"]))),
-        ),
-        (
-            "sbx apply, mode none".to_string(),
-            median_ms(|| {
-                run(Command::new(sbx)
-                    .arg("apply")
-                    .arg(&none)
-                    .args(["--", "true"]))
-            }),
-        ),
-    ];
-    for entries in [0, 1_000, 10_000] {
-        let policy = write(
-            dir.path(),
-            &format!("allow{entries}.yaml"),
-            &allowlist(entries),
-        );
-        let label = format!("sbx apply, allowlist, {entries} address entries");
-        rows.push((
-            label,
-            median_ms(|| {
-                run(Command::new(sbx)
-                    .arg("apply")
-                    .arg(&policy)
-                    .args(["--", "true"]))
-            }),
-        ));
+    let unshare = median_ms(|| run(Command::new("unshare").args(["-n", "true"])));
+    let mut rows = vec![("unshare -n true".to_string(), unshare)];
+    for backend in BACKENDS {
+        let apply = |policy: &Path| {
+            run(Command::new(sbx)
+                .args(["apply", "--backend", backend])
+                .arg(policy)
+                .args(["--", "true"]))
+        };
+        rows.push((format!("{backend}: mode none"), median_ms(|| apply(&none))));
+        for entries in [0, 1_000, 10_000] {
+            let name = format!("allow{entries}.yaml");
+            let policy = write(dir.path(), &name, &allowlist(entries, None));
+            let label = format!("{backend}: allowlist, {entries} address entries");
+            rows.push((label, median_ms(|| apply(&policy))));
+        }
     }
     println!("sbx apply of `true`, median of {RUNS} runs (2 warm-up runs not counted)");
     for (label, ms) in &rows {
         println!("  {label:<45} {ms:>7.1} ms");
     }
-    denied_connect(dir.path(), sbx);
+    let host = testnet::TestHost::start(&["tcp:8080", "tcp:9090"]);
+    for backend in BACKENDS {
+        denied_connect(dir.path(), sbx, backend, &host);
+    }
+    connect_cost(dir.path(), sbx, &host);
+    throughput(dir.path(), sbx, &host);
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
@@ -70,13 +75,16 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 }
 
 /// A policy of `n` distinct addresses spread over the IPv4 space, so that none merge into a
-/// block (the worst case for the number of set elements).
-fn allowlist(n: usize) -> String {
+/// block (the worst case for the number of set elements), and `extra` allowed too.
+fn allowlist(n: usize, extra: Option<&str>) -> String {
     let mut text = String::from("version: 1\nnetwork:\n  mode: allowlist\n  allow:");
-    if n == 0 {
+    if n == 0 && extra.is_none() {
         text.push_str(" []");
     }
     text.push('\n');
+    if let Some(extra) = extra {
+        text.push_str(&format!("    - \"{extra}\"\n"));
+    }
     let mut x: u32 = 0x2545_f491;
     for _ in 0..n {
         // xorshift: reproducible, spread out; even last octets never neighbour each other.
@@ -84,11 +92,8 @@ fn allowlist(n: usize) -> String {
         x ^= x >> 17;
         x ^= x << 5;
         let [a, b, c, d] = x.to_be_bytes();
-        text.push_str(&format!(
-            "    - {}.{b}.{c}.{}:443\n",
-            11 + a % 89,
-            (d & 0xfe).max(2)
-        ));
+        let (first, last) = (11 + a % 89, (d & 0xfe).max(2));
+        text.push_str(&format!("    - {first}.{b}.{c}.{last}:443\n"));
     }
     text.push_str("dns:\n  servers: [\"127.0.0.1:53\"]\n");
     text
@@ -96,11 +101,8 @@ fn allowlist(n: usize) -> String {
 
 fn run(command: &mut Command) {
     let out = command.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{command:?}: {stderr}");
 }
 
 fn median_ms(mut f: impl FnMut()) -> f64 {
@@ -118,20 +120,16 @@ fn median_ms(mut f: impl FnMut()) -> f64 {
 }
 
 /// A denied connect to a live test host: refused at once, not left to time out.
-fn denied_connect(dir: &Path, sbx: &str) {
-    let host = testnet::TestHost::start(&["tcp:8080", "tcp:9090"]);
+fn denied_connect(dir: &Path, sbx: &str, backend: &str, host: &testnet::TestHost) {
     let policy = write(
         dir,
         "denied.yaml",
-        &format!(
-            "version: 1\nnetwork:\n  mode: allowlist\n  allow: [\"{}:8080\"]\ndns:\n  servers: [\"127.0.0.1:53\"]\n",
-            host.v4
-        ),
+        &allowlist(0, Some(&format!("{}:8080", host.v4))),
     );
     let probe = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/probe.py");
     let probes: Vec<String> = (0..RUNS).map(|_| format!("tcp:{}:9090", host.v4)).collect();
     let out = Command::new(sbx)
-        .arg("apply")
+        .args(["apply", "--backend", backend])
         .arg(&policy)
         .args(["--", "python3", probe])
         .args(&probes)
@@ -148,8 +146,132 @@ fn denied_connect(dir: &Path, sbx: &str) {
     assert_eq!(times.len(), RUNS);
     times.sort_unstable();
     println!(
-        "denied TCP connect, {RUNS} connects: median {} ms, max {} ms",
+        "{backend}: denied TCP connect, {RUNS} connects: median {} ms, max {} ms",
         times[RUNS / 2],
         times[RUNS - 1]
     );
+}
+
+/// Connects a UDP socket to `SBX_BENCH_TARGET` CONNECTS times: each connect() runs the connect
+/// hook, and no packet leaves. Prints nanoseconds per connect.
+fn connect_loop() {
+    let target: std::net::SocketAddr = std::env::var("SBX_BENCH_TARGET").unwrap().parse().unwrap();
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    let started = Instant::now();
+    for _ in 0..CONNECTS {
+        socket.connect(target).unwrap();
+    }
+    println!("{}", started.elapsed().as_nanos() / u128::from(CONNECTS));
+}
+
+fn median_of(runs: usize, command: &mut Command) -> f64 {
+    let mut values: Vec<f64> = (0..runs)
+        .map(|_| {
+            let out = command.output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{stderr}");
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        })
+        .collect();
+    values.sort_by(f64::total_cmp);
+    values[runs / 2]
+}
+
+fn connect_cost(dir: &Path, sbx: &str, host: &testnet::TestHost) {
+    let me = std::env::current_exe().unwrap();
+    let target = format!("{}:5353", host.v4);
+    let policy = write(dir, "connect.yaml", &allowlist(10_000, Some(&host.v4)));
+    let plain = median_of(
+        5,
+        Command::new(&me)
+            .env(ROLE, "connect-loop")
+            .env("SBX_BENCH_TARGET", &target),
+    );
+    println!("connect() of a UDP socket, {CONNECTS} times, median of 5 runs:");
+    println!("  no sandbox                                    {plain:>7.0} ns");
+    for backend in BACKENDS {
+        let mut command = Command::new(sbx);
+        command
+            .args(["apply", "--backend", backend])
+            .arg(&policy)
+            .arg("--")
+            .arg(&me)
+            .env(ROLE, "connect-loop")
+            .env("SBX_BENCH_TARGET", &target);
+        let sandboxed = median_of(5, &mut command);
+        let label = format!("{backend}, 10,000 entries");
+        println!(
+            "  {label:<45} {sandboxed:>7.0} ns  ({:+.0} ns)",
+            sandboxed - plain
+        );
+    }
+}
+
+/// Receives TCP on port 7777 of the test host, connection after connection.
+fn sink() {
+    let listener = std::net::TcpListener::bind("0.0.0.0:7777").unwrap();
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    loop {
+        let (mut stream, _) = listener.accept().unwrap();
+        let _ = std::io::copy(&mut stream, &mut std::io::sink());
+    }
+}
+
+/// Sends SEND_BYTES to `SBX_BENCH_TARGET`; prints MB/s.
+fn send() {
+    let target: std::net::SocketAddr = std::env::var("SBX_BENCH_TARGET").unwrap().parse().unwrap();
+    let mut stream = std::net::TcpStream::connect(target).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    let started = Instant::now();
+    for _ in 0..SEND_BYTES / chunk.len() {
+        stream.write_all(&chunk).unwrap();
+    }
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stream, &mut rest);
+    println!(
+        "{:.0}",
+        SEND_BYTES as f64 / started.elapsed().as_secs_f64() / 1e6
+    );
+}
+
+fn throughput(dir: &Path, sbx: &str, host: &testnet::TestHost) {
+    let me = std::env::current_exe().unwrap();
+    let mut sink = Command::new("ip")
+        .args(["netns", "exec", &host.netns])
+        .arg(&me)
+        .env(ROLE, "sink")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(sink.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let target = format!("{}:7777", host.v4);
+    let policy = write(dir, "throughput.yaml", &allowlist(0, Some(&target)));
+    let plain = median_of(
+        3,
+        Command::new(&me)
+            .env(ROLE, "send")
+            .env("SBX_BENCH_TARGET", &target),
+    );
+    println!("TCP throughput to a test host, 1 GiB, median of 3 runs:");
+    println!("  no sandbox                                    {plain:>7.0} MB/s");
+    for backend in BACKENDS {
+        let mut command = Command::new(sbx);
+        command
+            .args(["apply", "--backend", backend])
+            .arg(&policy)
+            .arg("--")
+            .arg(&me)
+            .env(ROLE, "send")
+            .env("SBX_BENCH_TARGET", &target);
+        let sandboxed = median_of(3, &mut command);
+        let change = (sandboxed / plain - 1.0) * 100.0;
+        println!("  {backend:<45} {sandboxed:>7.0} MB/s  ({change:+.1} %)");
+    }
+    let _ = sink.kill();
+    let _ = sink.wait();
 }
