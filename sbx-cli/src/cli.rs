@@ -204,6 +204,17 @@ enum Command {
         all: bool,
     },
 
+    /// Check whether each backend can run on this machine, and show sbx's state on it.
+    #[command(
+        long_about = "Check whether each backend can run on this machine and, if not, \
+        why: privileges, the cgroup v2 mount, cgroup v1 net_cls/net_prio hierarchies (which \
+        switch cgroup v2 socket matching off), the bpf system call, kernel BTF, network \
+        namespaces, nftables. Says what --backend auto would choose, and lists what sbx keeps \
+        on the host: sandbox slots and the eBPF programs and maps pinned between runs.\n\n\
+        Exit status: 0 when some backend can run, 1 otherwise."
+    )]
+    Doctor,
+
     #[command(name = "__init", hide = true)]
     Init {
         #[arg(long)]
@@ -271,6 +282,15 @@ pub fn main() -> ExitCode {
             &mut stderr,
         ),
         Command::Gc { all } => gc(all, &mut stderr),
+        Command::Doctor => {
+            let (text, ok) = crate::doctor::report();
+            print!("{text}");
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Init {
             resolv_conf,
             cgroup_confined,

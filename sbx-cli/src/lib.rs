@@ -10,6 +10,7 @@ pub mod backend;
 pub mod check;
 pub mod cli;
 pub mod diag;
+pub mod doctor;
 pub mod plan;
 pub mod policy;
 pub mod resolve;

@@ -709,7 +709,7 @@ fn dry_run_prints_the_ruleset_and_touches_nothing() {
     );
     let before = host_state();
     let out = sbx()
-        .args(["apply", "--dry-run"])
+        .args(["apply", "--dry-run", "--backend", "nftables"])
         .arg(&policy)
         .args(["--", "true"])
         .output()
@@ -802,4 +802,47 @@ fn bypass_attempts_fail(backend: &str) {
         assert_eq!(outcome("cgroup-move"), "denied", "{text}");
     }
     assert_eq!(host_state(), before);
+}
+
+#[test]
+fn gc_all_removes_the_pinned_ebpf_state_and_the_next_run_loads_it_again() {
+    require_root();
+    let _guard = exclusive();
+    let dir = Dir::new();
+    let policy = deny_all(&dir);
+    let pinned = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some("/run/sbx/bpf"))
+    };
+    let run = || {
+        sbx()
+            .args(["apply", "--backend", "ebpf"])
+            .arg(&policy)
+            .args(["--", "true"])
+            .status()
+            .unwrap()
+    };
+    assert!(run().success());
+    assert!(
+        pinned(),
+        "the eBPF backend pins its programs in /run/sbx/bpf"
+    );
+    let out = sbx().args(["gc", "--all"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("removed sbx's pinned eBPF programs and maps"),
+        "{said}"
+    );
+    assert!(!pinned(), "gc --all unmounts /run/sbx/bpf");
+    assert!(!std::path::Path::new("/run/sbx/bpf").exists());
+    let cgroup2 = sbx::backend::ebpf::cgroup2_mount().unwrap();
+    assert!(!cgroup2.join("sbx").exists(), "no cgroup of sbx is left");
+    assert!(
+        run().success(),
+        "the next eBPF sandbox loads the programs again"
+    );
+    assert!(pinned());
 }

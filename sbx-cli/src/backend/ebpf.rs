@@ -590,6 +590,10 @@ impl Enforced for Live {
         drop(sock);
         drop(procs);
         let removed = remove_cgroup(&cgroup);
+        // The parent goes with its last sandbox (another live one keeps it: then this fails).
+        if let Some(parent) = cgroup.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
         let purged = Maps::open().map(|mut maps| {
             let _ = maps.policies.remove(&cgroup_id);
             for key in &written.rule_sets {

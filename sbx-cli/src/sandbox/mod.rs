@@ -38,7 +38,7 @@ pub enum BackendChoice {
     Nftables,
     /// A cgroup per sandbox, judged by cgroup eBPF programs; no network namespace.
     Ebpf,
-    /// The best backend this machine supports.
+    /// eBPF where it can run (see `sbx doctor`), else nftables.
     Auto,
 }
 
@@ -74,6 +74,9 @@ impl From<SysError> for ApplyError {
 
 pub fn backend(choice: BackendChoice) -> Result<Box<dyn Backend>, ApplyError> {
     match choice {
+        BackendChoice::Auto if crate::doctor::auto_prefers_ebpf() => {
+            Ok(Box::new(crate::backend::ebpf::Ebpf))
+        }
         BackendChoice::Nftables | BackendChoice::Auto => {
             Ok(Box::new(crate::backend::nftables::Nftables))
         }

@@ -177,7 +177,7 @@ pub fn host_state() -> HostState {
             let mut names: Vec<String> = d
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != "lock" && n != "slots")
+                .filter(|n| n != "lock" && n != "slots" && n != "bpf")
                 .collect();
             names.sort();
             names.join(" ")
@@ -195,10 +195,30 @@ pub fn host_state() -> HostState {
             value,
         );
     }
-    state.insert(
-        "mounts",
-        std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
-    );
+    // The eBPF backend keeps its programs and maps pinned in /run/sbx/bpf between runs, by
+    // design (README; `sbx gc --all` removes them, tested there): the first eBPF sandbox on a
+    // machine mounts it. Every other mount counts.
+    let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) != Some("/run/sbx/bpf"))
+        .map(|l| l.split(' ').skip(3).collect::<Vec<_>>().join(" "))
+        .collect();
+    state.insert("mounts", mounts.join("\n"));
+    let cgroups = sbx::backend::ebpf::cgroup2_mount()
+        .ok()
+        .and_then(|m| std::fs::read_dir(m.join("sbx")).ok())
+        .map(|d| {
+            let mut names: Vec<String> = d
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names.join(" ")
+        })
+        .unwrap_or_default();
+    state.insert("sandbox cgroups", cgroups);
     HostState(state)
 }
 
