@@ -182,6 +182,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
 
+        /// Write every denial (pid, command, destination, port, protocol, hook) to FILE as JSON
+        /// lines (eBPF backend).
+        #[arg(long, value_name = "FILE")]
+        events: Option<PathBuf>,
+
         /// The command and its arguments, after `--`.
         #[arg(last = true, value_name = "CMD")]
         command: Vec<std::ffi::OsString>,
@@ -270,6 +275,7 @@ pub fn main() -> ExitCode {
             backend,
             user,
             dry_run,
+            events,
             command,
         } => apply(
             &policy,
@@ -277,6 +283,7 @@ pub fn main() -> ExitCode {
                 backend,
                 user,
                 dry_run,
+                events,
                 command,
             },
             &mut stderr,

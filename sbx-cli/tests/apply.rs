@@ -846,3 +846,60 @@ fn gc_all_removes_the_pinned_ebpf_state_and_the_next_run_loads_it_again() {
     );
     assert!(pinned());
 }
+
+#[test]
+fn ebpf_denials_are_reported_each_to_its_own_sandbox() {
+    require_root();
+    let _guard = exclusive();
+    let ports: Vec<String> = (0..4).map(|i| format!("tcp:{}", 8200 + i)).collect();
+    let services: Vec<&str> = ports.iter().map(String::as_str).collect();
+    let host = TestHost::start(&services);
+    let dns = DnsServer::start(Zone::new());
+    let dir = Dir::new();
+    let probe = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/probe.py");
+    let policy = write_policy(&dir, "p.yaml", "mode: none", &dns);
+    // Two sandboxes at once, each denied its own ports, several times, while the other drains.
+    let children: Vec<_> = (0..2)
+        .map(|i| {
+            let events = dir.path().join(format!("events{i}.jsonl"));
+            let probes: Vec<String> = (0..30)
+                .map(|n| format!("tcp:{}:{}", host.v4, 8200 + 2 * i + n % 2))
+                .collect();
+            let child = sbx()
+                .args(["apply", "--backend", "ebpf", "--events"])
+                .arg(&events)
+                .arg(&policy)
+                .args(["--", "python3", probe])
+                .args(&probes)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (child, events, i)
+        })
+        .collect();
+    for (child, events, i) in children {
+        let out = child.wait_with_output().unwrap();
+        let summary = String::from_utf8_lossy(&out.stderr);
+        assert!(summary.contains("sbx: denied 30 times:"), "{summary}");
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 30, "sandbox {i}: {lines:#?}");
+        for event in &lines {
+            let port = event["port"].as_u64().unwrap();
+            assert!(
+                port == 8200 + 2 * i as u64 || port == 8201 + 2 * i as u64,
+                "sandbox {i} got {event}"
+            );
+            assert_eq!(event["destination"], host.v4.as_str());
+            assert_eq!(
+                (event["protocol"].as_u64(), event["hook"].as_str()),
+                (Some(6), Some("connect4"))
+            );
+            assert_eq!(event["command"], "python3");
+        }
+    }
+}

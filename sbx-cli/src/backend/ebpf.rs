@@ -27,7 +27,7 @@ use sbx_common::{
     VERDICT_DENY,
 };
 
-use super::{Backend, Enforced, Placement};
+use super::{Backend, Denial, Enforced, Placement};
 use crate::plan::{Plan, RuleSet as PlanRuleSet};
 use crate::policy::{Mode, Ports, Protocol};
 use crate::sandbox::state::{Locked, STATE_DIR};
@@ -352,6 +352,7 @@ struct Written {
 struct Live {
     cgroup: PathBuf,
     cgroup_id: u64,
+    events: Option<Events>,
     /// What `fill` wrote, so that teardown removes exactly that.
     written: Written,
     procs: File,
@@ -416,6 +417,7 @@ impl Backend for Ebpf {
         let mut live = Live {
             cgroup,
             cgroup_id,
+            events: Some(Events::start(cgroup_id)),
             written: Written::default(),
             procs,
             mode,
@@ -556,6 +558,35 @@ impl Enforced for Live {
         (self.mode == MODE_ALLOWLIST).then(|| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
+    fn denials(&mut self) -> Vec<Denial> {
+        let Some(events) = self.events.take() else {
+            return Vec::new();
+        };
+        events
+            .finish()
+            .into_iter()
+            .map(|DenyEventRecord(e)| {
+                let v6 = std::net::Ipv6Addr::from(e.addr);
+                Denial {
+                    pid: e.pid,
+                    command: String::from_utf8_lossy(&e.comm)
+                        .trim_end_matches('\0')
+                        .to_string(),
+                    destination: v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+                    port: e.port,
+                    protocol: e.protocol,
+                    hook: match e.hook {
+                        sbx_common::HOOK_CONNECT4 => "connect4",
+                        sbx_common::HOOK_CONNECT6 => "connect6",
+                        sbx_common::HOOK_SENDMSG4 => "sendmsg4",
+                        sbx_common::HOOK_SENDMSG6 => "sendmsg6",
+                        _ => "sock_create",
+                    },
+                }
+            })
+            .collect()
+    }
+
     fn dns_bound(&mut self, at: SocketAddr) -> Result<(), SysError> {
         let IpAddr::V4(ip) = at.ip() else {
             return Err(SysError::new(
@@ -662,5 +693,131 @@ mod tests {
         .collect();
         let got: Vec<u64> = inherit(&blocks).into_values().collect();
         assert_eq!(got, [0b001, 0b011, 0b111, 0b101, 0b100]);
+    }
+}
+
+/// Denials reported by the programs, routed to their sandboxes.
+///
+/// The ring buffer is one map shared by every sandbox, and a ring buffer has one consumer
+/// position: two sbx reading it would take each other's events. So whoever drains it does so
+/// under a lock, keeps its own sandbox's events and appends the others' to
+/// `/run/sbx/events/<cgroup id>`, where their sbx collects them.
+pub struct Events {
+    cgroup: u64,
+    mine: std::sync::Arc<std::sync::Mutex<Vec<DenyEventRecord>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A `DenyEvent` as read back.
+#[derive(Clone, Copy)]
+pub struct DenyEventRecord(pub sbx_common::DenyEvent);
+
+fn events_dir() -> PathBuf {
+    Path::new(STATE_DIR).join("events")
+}
+
+fn events_lock() -> Result<nix::fcntl::Flock<File>, SysError> {
+    let path = Path::new(STATE_DIR).join("events.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .step(|| format!("open {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .step(|| format!("lock {}", path.display()))
+}
+
+const EVENT_SIZE: usize = std::mem::size_of::<sbx_common::DenyEvent>();
+
+/// Drains the ring buffer: `cgroup`'s events into `mine`, the rest into their spool files.
+fn drain(cgroup: u64, mine: &mut Vec<DenyEventRecord>) -> Result<(), SysError> {
+    let _lock = events_lock()?;
+    let map = pinned_map("EVENTS")?;
+    let mut ring: aya::maps::RingBuf<MapData> = map.try_into().step(|| "map EVENTS".into())?;
+    let mut others: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    while let Some(item) = ring.next() {
+        if item.len() < EVENT_SIZE {
+            continue;
+        }
+        // SAFETY: the programs write whole DenyEvents; read unaligned from the ring's bytes.
+        let event =
+            unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<sbx_common::DenyEvent>()) };
+        if event.cgroup == cgroup {
+            mine.push(DenyEventRecord(event));
+        } else {
+            others
+                .entry(event.cgroup)
+                .or_default()
+                .extend_from_slice(&item[..EVENT_SIZE]);
+        }
+    }
+    if !others.is_empty() {
+        let dir = events_dir();
+        std::fs::create_dir_all(&dir).step(|| format!("create {}", dir.display()))?;
+        for (other, bytes) in others {
+            use std::io::Write as _;
+            let path = dir.join(other.to_string());
+            let mut file = File::options()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .step(|| format!("open {}", path.display()))?;
+            file.write_all(&bytes)
+                .step(|| format!("write {}", path.display()))?;
+        }
+    }
+    // What other sbx drained for this sandbox.
+    let spool = events_dir().join(cgroup.to_string());
+    if let Ok(bytes) = std::fs::read(&spool) {
+        for chunk in bytes.chunks_exact(EVENT_SIZE) {
+            // SAFETY: the spool holds whole DenyEvents, as written above.
+            let event =
+                unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<sbx_common::DenyEvent>()) };
+            mine.push(DenyEventRecord(event));
+        }
+        let _ = std::fs::remove_file(&spool);
+    }
+    Ok(())
+}
+
+impl Events {
+    /// Drains in the background every 100 ms, so the shared buffer does not fill up.
+    pub fn start(cgroup: u64) -> Events {
+        let mine = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (mine, stop) = (mine.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("sbx-events".into())
+                .spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let mut batch = Vec::new();
+                        let _ = drain(cgroup, &mut batch);
+                        mine.lock().expect("not poisoned").extend(batch);
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                })
+                .ok()
+        };
+        Events {
+            cgroup,
+            mine,
+            stop,
+            thread,
+        }
+    }
+
+    /// Every denial of the sandbox, once its command has ended.
+    pub fn finish(mut self) -> Vec<DenyEventRecord> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let mut all = std::mem::take(&mut *self.mine.lock().expect("not poisoned"));
+        let _ = drain(self.cgroup, &mut all);
+        all
     }
 }

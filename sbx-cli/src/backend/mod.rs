@@ -42,8 +42,26 @@ pub struct Placement {
     pub cgroup_procs: Option<RawFd>,
 }
 
+/// A connection, send or socket the backend refused.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Denial {
+    pub pid: u32,
+    pub command: String,
+    pub destination: std::net::IpAddr,
+    pub port: u16,
+    /// IP protocol number (6 TCP, 17 UDP; for a refused socket, the one asked for).
+    pub protocol: u8,
+    /// Where it was refused: connect4/6, sendmsg4/6, sock_create.
+    pub hook: &'static str,
+}
+
 /// One sandbox's enforcement, live.
 pub trait Enforced {
+    /// What was refused, once the command has ended. Backends that cannot tell return nothing.
+    fn denials(&mut self) -> Vec<Denial> {
+        Vec::new()
+    }
+
     fn placement(&self) -> Placement;
 
     /// Where sbx's DNS service for this sandbox must listen (allowlist mode); port 0 lets the

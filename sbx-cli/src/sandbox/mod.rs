@@ -46,6 +46,8 @@ pub struct Options {
     pub backend: BackendChoice,
     pub user: Option<String>,
     pub dry_run: bool,
+    /// Where to write every denial as a JSON line.
+    pub events: Option<PathBuf>,
     pub command: Vec<OsString>,
 }
 
@@ -149,12 +151,15 @@ pub fn apply(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<
         &cwd,
         &options.command,
     );
+    let denials = enforced.denials();
+    let reported = report_denials(&denials, options.events.as_deref());
     let locked = state.lock()?;
     let teardown = enforced.teardown(&locked);
     let _ = std::fs::remove_file(resolv_conf_path(state.dir(), slot.index));
     slot.release(&locked)?;
     locked.restore_forwarding_if_unused()?;
     teardown?;
+    reported?;
     result
 }
 
@@ -249,6 +254,71 @@ fn run_in(
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(125))
+}
+
+/// A one-line summary on stderr, and every denial as a JSON line in `events` if given.
+fn report_denials(
+    denials: &[crate::backend::Denial],
+    events: Option<&Path>,
+) -> Result<(), SysError> {
+    if let Some(path) = events {
+        let mut text = String::new();
+        for denial in denials {
+            text.push_str(&serde_json::to_string(denial).expect("serialisable"));
+            text.push('\n');
+        }
+        std::fs::write(path, text)
+            .map_err(|e| SysError::new(format!("write {}", path.display()), e))?;
+    }
+    if denials.is_empty() {
+        return Ok(());
+    }
+    let mut by_destination: std::collections::BTreeMap<(String, &str), (usize, Vec<&str>)> =
+        std::collections::BTreeMap::new();
+    for d in denials {
+        let protocol = match d.protocol {
+            6 => "tcp",
+            17 => "udp",
+            1 | 58 => "icmp",
+            _ => "ip",
+        };
+        let what = match d.hook {
+            "sock_create" => format!("a {protocol} socket"),
+            _ => format!("{}", std::net::SocketAddr::new(d.destination, d.port)),
+        };
+        let entry = by_destination.entry((what, protocol)).or_default();
+        entry.0 += 1;
+        if !entry.1.contains(&d.command.as_str()) {
+            entry.1.push(&d.command);
+        }
+    }
+    let mut parts: Vec<String> = by_destination
+        .iter()
+        .take(5)
+        .map(|((what, protocol), (count, commands))| {
+            let times = if *count > 1 {
+                format!(" {count}\u{d7}")
+            } else {
+                String::new()
+            };
+            format!("{what}/{protocol}{times} ({})", commands.join(", "))
+        })
+        .collect();
+    if by_destination.len() > 5 {
+        parts.push(format!("and {} more", by_destination.len() - 5));
+    }
+    let hint = if events.is_none() {
+        " (every one: --events FILE)"
+    } else {
+        ""
+    };
+    eprintln!(
+        "sbx: denied {} time{}: {}{hint}",
+        denials.len(),
+        if denials.len() == 1 { "" } else { "s" },
+        parts.join(", ")
+    );
+    Ok(())
 }
 
 fn forwarded_signals() -> SigSet {
