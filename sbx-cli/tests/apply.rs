@@ -903,3 +903,59 @@ fn ebpf_denials_are_reported_each_to_its_own_sandbox() {
         }
     }
 }
+
+#[test]
+fn a_named_host_loopback_service_is_reachable_under_ebpf_and_refused_clearly_by_nftables() {
+    require_root();
+    let _guard = exclusive();
+    let server = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/testsrv.py");
+    let mut host_service = Command::new("python3")
+        .args([server, "127.0.0.1", "tcp:17171", "tcp:17172"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(host_service.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    let dir = Dir::new();
+    let dns = DnsServer::start(Zone::new());
+    let policy = write_policy(
+        &dir,
+        "p.yaml",
+        "mode: allowlist\n  allow: [\"127.0.0.1:17171\"]",
+        &dns,
+    );
+    let probes = [
+        "tcp:127.0.0.1:17171".to_string(),
+        "tcp:127.0.0.1:17172".to_string(),
+    ];
+    let out = apply_probes("ebpf", &policy, &probes);
+    let got = outcomes(&out);
+    assert_eq!(
+        got.get(&probes[0]).map(String::as_str),
+        Some("ok"),
+        "{out:?}"
+    );
+    assert_eq!(
+        got.get(&probes[1]).map(String::as_str),
+        Some("denied"),
+        "{out:?}"
+    );
+
+    let out = apply_probes("nftables", &policy, &probes);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("the nftables backend cannot enforce this policy"),
+        "{said}"
+    );
+    assert!(
+        said.contains("`127.0.0.1:17171` (") && said.contains("p.yaml:"),
+        "{said}"
+    );
+    let _ = host_service.kill();
+    let _ = host_service.wait();
+}
