@@ -88,6 +88,32 @@ pub enum ResolvedResult {
     Failure(Failure),
 }
 
+impl NameRule {
+    /// Whether the rule's pattern covers `name` (lower-case, no trailing dot).
+    pub fn matches(&self, name: &str) -> bool {
+        match self.pattern.strip_prefix("*.") {
+            Some(suffix) => crate::policy::entry::is_strictly_below(name, suffix),
+            None => self.pattern == name,
+        }
+    }
+}
+
+impl Plan {
+    /// The distinct (protocol, ports) of the allowed name rules: the groups whose addresses
+    /// sbx's DNS service admits as it answers. Sorted, so group numbers are stable.
+    pub fn name_groups(&self) -> Vec<(Protocol, Ports)> {
+        let mut groups: Vec<(Protocol, Ports)> = self
+            .names
+            .iter()
+            .filter(|r| r.verdict == Verdict::Allow)
+            .map(|r| (r.protocol, r.ports.clone()))
+            .collect();
+        groups.sort();
+        groups.dedup();
+        groups
+    }
+}
+
 /// Builds the plan. Problems (unresolvable names) become diagnostics located at the entries
 /// that named them: errors, or warnings under `on_resolve_failure: warn`. Returns `None` when
 /// there is an error.

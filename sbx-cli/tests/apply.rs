@@ -60,6 +60,17 @@ const SCENARIOS: &[Scenario] = &[
         ],
     },
     Scenario {
+        name: "allow by wildcard: answered addresses become reachable",
+        network: "mode: allowlist\n  allow: [\"*.svc.test:8080\"]",
+        expect: &[
+            ("tcp:a.svc.test:8080", "ok"),
+            ("tcp:b.c.svc.test:8080", "ok"),
+            ("tcp:a.svc.test:9090", "denied"),
+            ("tcp:svc.test:8080", "no-name"),
+            ("tcp:evilsvc.test:8080", "no-name"),
+        ],
+    },
+    Scenario {
         name: "allow by port range",
         network: "mode: allowlist\n  allow:\n    - {ip: \"{v4}\", ports: [\"8000-8100\"]}",
         expect: &[("tcp:{v4}:8080", "ok"), ("tcp:{v4}:9090", "denied")],
@@ -133,9 +144,15 @@ fn write_policy(dir: &Dir, name: &str, network: &str, dns: &DnsServer) -> PathBu
 
 fn zone(host: &TestHost) -> Zone {
     let addrs = [host.v4.as_str(), host.v6.as_str()];
-    Zone::new()
-        .addrs("svc.test", &addrs, 300)
-        .addrs("other.test", &addrs, 300)
+    [
+        "svc.test",
+        "other.test",
+        "a.svc.test",
+        "b.c.svc.test",
+        "evilsvc.test",
+    ]
+    .into_iter()
+    .fold(Zone::new(), |zone, name| zone.addrs(name, &addrs, 300))
 }
 
 /// Runs every scenario against `backend`, checking the host after each.

@@ -76,6 +76,16 @@ pub struct Addr6Key {
     pub addr: [u8; 16],
 }
 
+/// An address answered by sbx's DNS service for an allowed name (keyed by [`Addr4Key`] or
+/// [`Addr6Key`] with the full address): reachable with the rule sets of `bits` until
+/// `expires`, in `CLOCK_MONOTONIC` nanoseconds (what `bpf_ktime_get_ns` reads).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answered {
+    pub bits: u64,
+    pub expires: u64,
+}
+
 /// A port the sandboxed command itself listens on (or bound): loopback connects to it are its
 /// own business.
 #[repr(C)]
@@ -119,5 +129,6 @@ mod user {
     unsafe impl aya::Pod for Addr4Key {}
     unsafe impl aya::Pod for Addr6Key {}
     unsafe impl aya::Pod for BoundKey {}
+    unsafe impl aya::Pod for Answered {}
     unsafe impl aya::Pod for DenyEvent {}
 }

@@ -11,7 +11,9 @@
 #![no_main]
 
 use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
-use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid};
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+};
 use aya_ebpf::macros::{cgroup_sock, cgroup_sock_addr, map};
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::maps::{HashMap, LpmTrie, RingBuf};
@@ -36,6 +38,10 @@ static ALLOW6: LpmTrie<Addr6Key, u64> = LpmTrie::with_max_entries(MAX_ADDRESS_EN
 static DENY6: LpmTrie<Addr6Key, u64> = LpmTrie::with_max_entries(MAX_ADDRESS_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
 static BOUND: HashMap<BoundKey, u8> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+#[map]
+static ANSWERED4: HashMap<Addr4Key, Answered> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+#[map]
+static ANSWERED6: HashMap<Addr6Key, Answered> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
@@ -101,6 +107,23 @@ fn matches6(trie: &LpmTrie<Addr6Key, u64>, cgroup: u64, verdict: u32, addr: [u8;
     }
 }
 
+/// An address sbx's DNS service answered, not yet expired, with a rule set that admits this.
+#[inline(always)]
+fn answered(cgroup: u64, addr4: [u8; 4], addr6: Option<[u8; 16]>, protocol: u8, port: u16) -> bool {
+    // SAFETY (both lookups): the value is only read.
+    let entry = match addr6 {
+        None => unsafe { ANSWERED4.get(&Addr4Key { cgroup, addr: addr4, _pad: [0; 4] }) },
+        Some(addr) => unsafe { ANSWERED6.get(&Addr6Key { cgroup, addr }) },
+    };
+    match entry {
+        // SAFETY: a helper without arguments.
+        Some(a) if unsafe { bpf_ktime_get_ns() } < a.expires => {
+            rule_sets_match(cgroup, VERDICT_ALLOW, a.bits, protocol, port)
+        }
+        _ => false,
+    }
+}
+
 #[inline(always)]
 fn own_listener(cgroup: u64, protocol: u8, port: u16) -> bool {
     let key = BoundKey { cgroup, port, protocol, _pad: [0; 5] };
@@ -131,7 +154,7 @@ fn verdict(policy: &Policy, cgroup: u64, addr4: [u8; 4], addr6: Option<[u8; 16]>
     let allowed = match addr6 {
         None => matches4(&ALLOW4, cgroup, VERDICT_ALLOW, addr4, protocol, port),
         Some(a) => matches6(&ALLOW6, cgroup, VERDICT_ALLOW, a, protocol, port),
-    };
+    } || answered(cgroup, addr4, addr6, protocol, port);
     if allowed { ALLOW } else { DENY }
 }
 

@@ -22,12 +22,12 @@ use aya::programs::{
 };
 use ipnet::IpNet;
 use sbx_common::{
-    Addr4Key, Addr6Key, BoundKey, MAX_PORT_RANGES, MAX_RULE_SETS, MODE_ALLOWLIST, MODE_NONE,
-    MODE_OPEN, PROTO_ANY, PROTO_TCP, PROTO_UDP, Policy, RuleSet, RuleSetKey, VERDICT_ALLOW,
-    VERDICT_DENY,
+    Addr4Key, Addr6Key, Answered, BoundKey, MAX_PORT_RANGES, MAX_RULE_SETS, MODE_ALLOWLIST,
+    MODE_NONE, MODE_OPEN, PROTO_ANY, PROTO_TCP, PROTO_UDP, Policy, RuleSet, RuleSetKey,
+    VERDICT_ALLOW, VERDICT_DENY,
 };
 
-use super::{Backend, Denial, Enforced, Placement};
+use super::{Admit, Backend, Denial, Enforced, Placement};
 use crate::plan::{Plan, RuleSet as PlanRuleSet};
 use crate::policy::{Mode, Ports, Protocol};
 use crate::sandbox::state::{Locked, STATE_DIR};
@@ -46,7 +46,9 @@ const SOCK_PROGRAMS: [(&str, CgroupSockAttachType); 3] = [
     ("post_bind4", CgroupSockAttachType::PostBind4),
     ("post_bind6", CgroupSockAttachType::PostBind6),
 ];
-const MAPS: [&str; 8] = [
+const MAPS: [&str; 10] = [
+    "ANSWERED4",
+    "ANSWERED6",
     "POLICIES",
     "RULE_SETS",
     "ALLOW4",
@@ -173,6 +175,8 @@ struct Maps {
     allow6: LpmTrie<MapData, Addr6Key, u64>,
     deny6: LpmTrie<MapData, Addr6Key, u64>,
     bound: BpfHashMap<MapData, BoundKey, u8>,
+    answered4: BpfHashMap<MapData, Addr4Key, Answered>,
+    answered6: BpfHashMap<MapData, Addr6Key, Answered>,
 }
 
 impl Maps {
@@ -199,6 +203,12 @@ impl Maps {
             bound: pinned_map("BOUND")?
                 .try_into()
                 .step(|| "map BOUND".into())?,
+            answered4: pinned_map("ANSWERED4")?
+                .try_into()
+                .step(|| "map ANSWERED4".into())?,
+            answered6: pinned_map("ANSWERED6")?
+                .try_into()
+                .step(|| "map ANSWERED6".into())?,
         })
     }
 
@@ -251,6 +261,24 @@ impl Maps {
         for key in keys {
             let _ = self.bound.remove(&key);
         }
+        let keys: Vec<Addr4Key> = self
+            .answered4
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| dead(k.cgroup))
+            .collect();
+        for key in keys {
+            let _ = self.answered4.remove(&key);
+        }
+        let keys: Vec<Addr6Key> = self
+            .answered6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| dead(k.cgroup))
+            .collect();
+        for key in keys {
+            let _ = self.answered6.remove(&key);
+        }
         Ok(())
     }
 }
@@ -259,15 +287,22 @@ impl Maps {
 /// [`MAX_PORT_RANGES`] ranges) and, per address block, the bits of the descriptors that apply.
 /// The trie answers a lookup with the longest matching block only, so a block inside another
 /// also carries the outer block's bits.
-fn encode(sets: &[PlanRuleSet]) -> Result<(Vec<RuleSet>, BTreeMap<IpNet, u64>), String> {
+/// The descriptors and address entries of one verdict, and the bits of each of `groups` (the
+/// allowed name rules' protocol and ports, whose addresses come later, from DNS answers).
+struct Encoded {
+    descriptors: Vec<RuleSet>,
+    blocks: BTreeMap<IpNet, u64>,
+    group_bits: Vec<u64>,
+}
+
+fn encode(sets: &[PlanRuleSet], groups: &[(Protocol, Ports)]) -> Result<Encoded, String> {
     let mut descriptors = Vec::new();
-    let mut blocks: BTreeMap<IpNet, u64> = BTreeMap::new();
-    for set in sets {
-        let ranges: Vec<[u16; 2]> = match &set.ports {
+    let mut describe = |protocol: Protocol, ports: &Ports| -> Result<u64, String> {
+        let ranges: Vec<[u16; 2]> = match ports {
             Ports::All => vec![[0, u16::MAX]],
             Ports::Only(ranges) => ranges.iter().map(|r| [r.first, r.last]).collect(),
         };
-        let protocol = match set.protocol {
+        let protocol = match protocol {
             Protocol::Tcp => PROTO_TCP,
             Protocol::Udp => PROTO_UDP,
             Protocol::Any => PROTO_ANY,
@@ -289,11 +324,24 @@ fn encode(sets: &[PlanRuleSet]) -> Result<(Vec<RuleSet>, BTreeMap<IpNet, u64>), 
                 ports,
             });
         }
+        Ok(bits)
+    };
+    let mut blocks: BTreeMap<IpNet, u64> = BTreeMap::new();
+    for set in sets {
+        let bits = describe(set.protocol, &set.ports)?;
         for net in &set.addresses {
             *blocks.entry(*net).or_default() |= bits;
         }
     }
-    Ok((descriptors, inherit(&blocks)))
+    let group_bits = groups
+        .iter()
+        .map(|(protocol, ports)| describe(*protocol, ports))
+        .collect::<Result<Vec<u64>, String>>()?;
+    Ok(Encoded {
+        descriptors,
+        blocks: inherit(&blocks),
+        group_bits,
+    })
 }
 
 /// Each block's bits ORed with those of every block containing it. In address order (a block
@@ -352,6 +400,8 @@ struct Written {
 struct Live {
     cgroup: PathBuf,
     cgroup_id: u64,
+    /// The rule-set bits of each group of allowed name rules (`Plan::name_groups`).
+    group_bits: Vec<u64>,
     events: Option<Events>,
     /// What `fill` wrote, so that teardown removes exactly that.
     written: Written,
@@ -369,7 +419,12 @@ impl Backend for Ebpf {
     fn refusals(&self, plan: &Plan) -> Vec<String> {
         let mut refusals = Vec::new();
         for (verdict, sets) in [("allow", &plan.allow), ("deny", &plan.deny)] {
-            if let Err(why) = encode(sets) {
+            let groups = if verdict == "allow" {
+                plan.name_groups()
+            } else {
+                Vec::new()
+            };
+            if let Err(why) = encode(sets, &groups) {
                 refusals.push(format!(
                     "`{verdict}` has {why}, more than the eBPF backend's maps hold"
                 ));
@@ -417,6 +472,7 @@ impl Backend for Ebpf {
         let mut live = Live {
             cgroup,
             cgroup_id,
+            group_bits: Vec::new(),
             events: Some(Events::start(cgroup_id)),
             written: Written::default(),
             procs,
@@ -480,8 +536,18 @@ impl Live {
         let mut maps = Maps::open()?;
         let cgroup = self.cgroup_id;
         for (verdict, sets) in [(VERDICT_ALLOW, &plan.allow), (VERDICT_DENY, &plan.deny)] {
-            let (descriptors, blocks) =
-                encode(sets).map_err(|why| SysError::new("encode the policy", why))?;
+            let groups = match verdict {
+                VERDICT_ALLOW => plan.name_groups(),
+                _ => Vec::new(),
+            };
+            let Encoded {
+                descriptors,
+                blocks,
+                group_bits,
+            } = encode(sets, &groups).map_err(|why| SysError::new("encode the policy", why))?;
+            if verdict == VERDICT_ALLOW {
+                self.group_bits = group_bits;
+            }
             for (index, descriptor) in descriptors.iter().enumerate() {
                 let key = RuleSetKey {
                     cgroup,
@@ -585,6 +651,18 @@ impl Enforced for Live {
                 }
             })
             .collect()
+    }
+
+    fn admitter(&self) -> Option<std::sync::Arc<dyn Admit>> {
+        if self.mode != MODE_ALLOWLIST {
+            return None;
+        }
+        let maps = Maps::open().ok()?;
+        Some(std::sync::Arc::new(Admitter {
+            cgroup: self.cgroup_id,
+            group_bits: self.group_bits.clone(),
+            maps: std::sync::Mutex::new(maps),
+        }))
     }
 
     fn dns_bound(&mut self, at: SocketAddr) -> Result<(), SysError> {
@@ -819,5 +897,61 @@ impl Events {
         let mut all = std::mem::take(&mut *self.mine.lock().expect("not poisoned"));
         let _ = drain(self.cgroup, &mut all);
         all
+    }
+}
+
+/// Admits answered addresses into `ANSWERED4/6` under the sandbox's cgroup id.
+struct Admitter {
+    cgroup: u64,
+    group_bits: Vec<u64>,
+    maps: std::sync::Mutex<Maps>,
+}
+
+fn monotonic_ns() -> u64 {
+    let now =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("a monotonic clock");
+    (now.tv_sec() as u64) * 1_000_000_000 + now.tv_nsec() as u64
+}
+
+impl Admit for Admitter {
+    fn admit(
+        &self,
+        groups: &[usize],
+        addrs: &[IpAddr],
+        ttl: std::time::Duration,
+    ) -> Result<(), SysError> {
+        let bits = groups
+            .iter()
+            .filter_map(|g| self.group_bits.get(*g))
+            .fold(0, |acc, b| acc | b);
+        let expires =
+            monotonic_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
+        let mut maps = self.maps.lock().expect("not poisoned");
+        for addr in addrs {
+            match addr {
+                IpAddr::V4(a) => {
+                    let key = Addr4Key {
+                        cgroup: self.cgroup,
+                        addr: a.octets(),
+                        _pad: [0; 4],
+                    };
+                    let bits = bits | maps.answered4.get(&key, 0).map_or(0, |old| old.bits);
+                    maps.answered4
+                        .insert(key, Answered { bits, expires }, 0)
+                        .step(|| format!("admit answered address {a}"))?;
+                }
+                IpAddr::V6(a) => {
+                    let key = Addr6Key {
+                        cgroup: self.cgroup,
+                        addr: a.octets(),
+                    };
+                    let bits = bits | maps.answered6.get(&key, 0).map_or(0, |old| old.bits);
+                    maps.answered6
+                        .insert(key, Answered { bits, expires }, 0)
+                        .step(|| format!("admit answered address {a}"))?;
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -42,6 +42,18 @@ pub struct Placement {
     pub cgroup_procs: Option<RawFd>,
 }
 
+/// Makes the addresses of a DNS answer reachable, before sbx's DNS service sends the answer.
+pub trait Admit: Send + Sync {
+    /// Admits `addrs` for the name-rule `groups` (indices into `Plan::name_groups`) for `ttl`;
+    /// an address admitted again gets the new expiry.
+    fn admit(
+        &self,
+        groups: &[usize],
+        addrs: &[std::net::IpAddr],
+        ttl: std::time::Duration,
+    ) -> Result<(), SysError>;
+}
+
 /// A connection, send or socket the backend refused.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Denial {
@@ -67,6 +79,9 @@ pub trait Enforced {
     /// Where sbx's DNS service for this sandbox must listen (allowlist mode); port 0 lets the
     /// kernel choose.
     fn dns_listen_address(&self) -> Option<SocketAddr>;
+
+    /// What admits answered addresses (allowlist mode).
+    fn admitter(&self) -> Option<std::sync::Arc<dyn Admit>>;
 
     /// Tells the backend where the DNS service listens, once it does.
     fn dns_bound(&mut self, at: SocketAddr) -> Result<(), SysError>;

@@ -2,29 +2,45 @@
 //! policy allows are resolved with sbx's own resolver and answered; every other name gets
 //! REFUSED, and no query leaves the host for it.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hickory_resolver::proto::op::{Message, OpCode, ResponseCode};
-use hickory_resolver::proto::rr::RecordType;
+use hickory_resolver::proto::rr::{RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
+use crate::backend::Admit;
 use crate::plan::{NameRule, Plan, Verdict};
-use crate::policy::entry::is_strictly_below;
+use crate::policy::{Ports, Protocol};
 use crate::resolve::{Failure, Resolver};
 use crate::sys::{Step, SysError};
 
-/// Which names the service answers.
-#[derive(Debug, Clone)]
+/// How long an answered address stays reachable after its answer's TTL: clients commonly use
+/// an answer a little past its TTL.
+pub const GRACE: Duration = Duration::from_secs(30);
+
+/// At most this many addresses per name are admitted while a sandbox runs: a hostile answer
+/// stream cannot grow the backend's sets without bound.
+pub const ADDRESSES_PER_NAME: usize = 64;
+
+/// Which names the service answers, and how their answers become reachable.
 pub struct Names {
     rules: Vec<NameRule>,
+    groups: Vec<(Protocol, Ports)>,
+    admitter: Option<Arc<dyn Admit>>,
+    remembered: Mutex<HashMap<String, HashSet<IpAddr>>>,
 }
 
 impl Names {
-    pub fn from_plan(plan: &Plan) -> Names {
+    pub fn new(plan: &Plan, admitter: Option<Arc<dyn Admit>>) -> Names {
         Names {
             rules: plan.names.clone(),
+            groups: plan.name_groups(),
+            admitter,
+            remembered: Mutex::new(HashMap::new()),
         }
     }
 
@@ -32,14 +48,42 @@ impl Names {
     pub fn allows(&self, name: &str) -> bool {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         let matching = |verdict: Verdict| {
-            self.rules.iter().filter(|r| r.verdict == verdict).any(|r| {
-                match r.pattern.strip_prefix("*.") {
-                    Some(suffix) => is_strictly_below(&name, suffix),
-                    None => r.pattern == name,
-                }
-            })
+            self.rules
+                .iter()
+                .any(|r| r.verdict == verdict && r.matches(&name))
         };
         !matching(Verdict::Deny) && matching(Verdict::Allow)
+    }
+
+    /// Makes `addrs` (answered for `name`) reachable with the ports and protocol of every allow
+    /// rule that matches the name, for `ttl`; returns those admitted (all but what exceeds the
+    /// per-name cap).
+    fn admit(&self, name: &str, addrs: &[IpAddr], ttl: Duration) -> Result<Vec<IpAddr>, SysError> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let groups: Vec<usize> = self
+            .rules
+            .iter()
+            .filter(|r| r.verdict == Verdict::Allow && r.matches(&name))
+            .filter_map(|r| {
+                self.groups
+                    .iter()
+                    .position(|(p, ports)| *p == r.protocol && *ports == r.ports)
+            })
+            .collect();
+        let mut remembered = self.remembered.lock().expect("not poisoned");
+        let known = remembered.entry(name).or_default();
+        let admitted: Vec<IpAddr> = addrs
+            .iter()
+            .copied()
+            .filter(|a| known.contains(a) || (known.len() < ADDRESSES_PER_NAME && known.insert(*a)))
+            .collect();
+        if let Some(admitter) = &self.admitter
+            && !groups.is_empty()
+            && !admitted.is_empty()
+        {
+            admitter.admit(&groups, &admitted, ttl)?;
+        }
+        Ok(admitted)
     }
 }
 
@@ -195,7 +239,26 @@ async fn answer(query: &[u8], names: &Names, resolver: &Resolver, limit: usize) 
     ) {
         match resolver.lookup_records(&name, record_type).await {
             Ok(records) => {
-                reply.add_answers(records);
+                let address = |r: &Record| match &r.data {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                    _ => None,
+                };
+                let addrs: Vec<IpAddr> = records.iter().filter_map(address).collect();
+                let ttl = records.iter().map(|r| r.ttl).min().unwrap_or(0);
+                // The answer leaves only once its addresses are reachable: a connect issued
+                // the instant it arrives must not race the backend.
+                match names.admit(&name, &addrs, Duration::from_secs(ttl.into()) + GRACE) {
+                    Ok(admitted) => reply.add_answers(
+                        records
+                            .into_iter()
+                            .filter(|r| address(r).is_none_or(|a| admitted.contains(&a))),
+                    ),
+                    Err(_) => {
+                        reply.metadata.response_code = ResponseCode::ServFail;
+                        &mut reply
+                    }
+                };
             }
             Err(Failure::NxDomain) => reply.metadata.response_code = ResponseCode::NXDomain,
             Err(Failure::NoAddresses) => {}

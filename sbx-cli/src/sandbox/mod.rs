@@ -178,7 +178,7 @@ fn run_in(
     let _dns = match enforced.dns_listen_address() {
         Some(at) => {
             let (service, bound) =
-                dns::DnsService::start(at, dns::Names::from_plan(plan), resolver)?;
+                dns::DnsService::start(at, dns::Names::new(plan, enforced.admitter()), resolver)?;
             enforced.dns_bound(bound)?;
             // A resolv.conf can only name a server on port 53; elsewhere the backend redirects.
             if bound.port() == 53 {

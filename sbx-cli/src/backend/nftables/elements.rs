@@ -73,14 +73,66 @@ pub fn add(table: &str, set: &str, nets: &[IpNet]) -> Result<(), SysError> {
         u128::MAX
     };
     let key = |value: u128| -> Vec<u8> { value.to_be_bytes()[16 - width..].to_vec() };
-    let mut elements: Vec<(Vec<u8>, bool)> = Vec::new();
+    let mut elements: Vec<Element> = Vec::new();
     for (first, last) in ranges(nets) {
-        elements.push((key(first), false));
+        elements.push(Element::key(key(first)));
         if last < max {
-            elements.push((key(last + 1), true));
+            elements.push(Element {
+                interval_end: true,
+                ..Element::key(key(last + 1))
+            });
         }
     }
-    let socket = Socket::open()?;
+    send(table, set, &elements)
+        .step(|| format!("add {} addresses to nftables set {table} {set}", nets.len()))
+}
+
+/// Adds single addresses to the timeout set `set`, each expiring after `timeout` (an address
+/// already there gets the new timeout).
+pub fn add_timed(
+    table: &str,
+    set: &str,
+    addrs: &[IpAddr],
+    timeout: std::time::Duration,
+) -> Result<(), SysError> {
+    let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    let elements: Vec<Element> = addrs
+        .iter()
+        .map(|addr| Element {
+            timeout_ms: Some(millis),
+            ..Element::key(match addr {
+                IpAddr::V4(a) => a.octets().to_vec(),
+                IpAddr::V6(a) => a.octets().to_vec(),
+            })
+        })
+        .collect();
+    send(table, set, &elements).step(|| format!("admit answered addresses in set {table} {set}"))
+}
+
+const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+
+struct Element {
+    key: Vec<u8>,
+    interval_end: bool,
+    timeout_ms: Option<u64>,
+}
+
+impl Element {
+    fn key(key: Vec<u8>) -> Element {
+        Element {
+            key,
+            interval_end: false,
+            timeout_ms: None,
+        }
+    }
+}
+
+/// Sends `elements` of `set` in one batch (one transaction) and waits for the kernel's answer.
+fn send(table: &str, set: &str, elements: &[Element]) -> io::Result<()> {
+    if elements.is_empty() {
+        return Ok(());
+    }
+    let socket = Socket::open().map_err(|e| io::Error::other(e.to_string()))?;
     let mut batch = Vec::new();
     let mut seq = 1;
     batch_marker(&mut batch, NFNL_MSG_BATCH_BEGIN, seq);
@@ -90,14 +142,9 @@ pub fn add(table: &str, set: &str, nets: &[IpNet]) -> Result<(), SysError> {
     }
     seq += 1;
     batch_marker(&mut batch, NFNL_MSG_BATCH_END, seq);
-    socket
-        .send(&batch)
-        .step(|| format!("send the elements of set {set} to the kernel"))?;
+    socket.send(&batch)?;
     // One acknowledgement per element message, each carrying its error (0 for none).
-    let messages = elements.len().div_ceil(ELEMENTS_PER_MESSAGE);
-    socket
-        .acknowledgements(messages)
-        .step(|| format!("add {} addresses to nftables set {table} {set}", nets.len()))
+    socket.acknowledgements(elements.len().div_ceil(ELEMENTS_PER_MESSAGE))
 }
 
 fn push_u16(buf: &mut Vec<u8>, v: u16) {
@@ -178,13 +225,7 @@ fn batch_marker(buf: &mut Vec<u8>, kind: u16, seq: u32) {
     finish_message(buf, start);
 }
 
-fn new_set_elements(
-    buf: &mut Vec<u8>,
-    seq: u32,
-    table: &str,
-    set: &str,
-    elements: &[(Vec<u8>, bool)],
-) {
+fn new_set_elements(buf: &mut Vec<u8>, seq: u32, table: &str, set: &str, elements: &[Element]) {
     let flags = (libc::NLM_F_REQUEST | libc::NLM_F_CREATE | libc::NLM_F_ACK) as u16;
     let start = start_message(
         buf,
@@ -197,12 +238,15 @@ fn new_set_elements(
     attribute(buf, NFTA_SET_ELEM_LIST_TABLE, &c_string(table));
     attribute(buf, NFTA_SET_ELEM_LIST_SET, &c_string(set));
     let list = start_nested(buf, NFTA_SET_ELEM_LIST_ELEMENTS);
-    for (key, interval_end) in elements {
+    for e in elements {
         let element = start_nested(buf, NFTA_LIST_ELEM);
         let key_attr = start_nested(buf, NFTA_SET_ELEM_KEY);
-        attribute(buf, NFTA_DATA_VALUE, key);
+        attribute(buf, NFTA_DATA_VALUE, &e.key);
         finish_nested(buf, key_attr);
-        if *interval_end {
+        if let Some(ms) = e.timeout_ms {
+            attribute(buf, NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
+        }
+        if e.interval_end {
             attribute(
                 buf,
                 NFTA_SET_ELEM_FLAGS,

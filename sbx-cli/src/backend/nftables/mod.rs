@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use ipnet::IpNet;
 
-use super::{Backend, Enforced, Placement};
+use super::{Admit, Backend, Enforced, Placement};
 use crate::plan::Plan;
 use crate::policy::Mode;
 use crate::sandbox::state::Locked;
@@ -240,6 +240,12 @@ impl Enforced for Live {
             .map(|l| SocketAddr::from((l.host_v4, 53)))
     }
 
+    fn admitter(&self) -> Option<std::sync::Arc<dyn Admit>> {
+        let table = self.table.clone()?;
+        self.allowlist
+            .then(|| std::sync::Arc::new(Admitter { table }) as std::sync::Arc<dyn Admit>)
+    }
+
     fn dns_bound(&mut self, _at: SocketAddr) -> Result<(), SysError> {
         // The ruleset already sends every DNS packet to the host end of the link, port 53.
         Ok(())
@@ -282,5 +288,28 @@ impl Enforced for Live {
         });
         drop(netns);
         removed
+    }
+}
+
+/// Admits answered addresses into the table's timeout sets (see `Ruleset::answered_sets`).
+struct Admitter {
+    table: String,
+}
+
+impl Admit for Admitter {
+    fn admit(
+        &self,
+        groups: &[usize],
+        addrs: &[std::net::IpAddr],
+        ttl: std::time::Duration,
+    ) -> Result<(), SysError> {
+        let (v6, v4): (Vec<_>, Vec<_>) = addrs.iter().copied().partition(|a| a.is_ipv6());
+        for &group in groups {
+            for (family, is_v6) in [(&v4, false), (&v6, true)] {
+                let set = ruleset::answered_set(group, is_v6);
+                elements::add_timed(&self.table, &set, family, ttl)?;
+            }
+        }
+        Ok(())
     }
 }

@@ -36,6 +36,11 @@ use crate::policy::{Mode, Ports, Protocol};
 
 pub const TABLE_PREFIX: &str = "sbx_";
 
+/// The set holding the answered addresses of name-rule `group`, one family.
+pub fn answered_set(group: usize, v6: bool) -> String {
+    format!("dns{group}_v{}", if v6 { 6 } else { 4 })
+}
+
 pub fn table_name(slot: u32) -> String {
     format!("{TABLE_PREFIX}{slot}")
 }
@@ -211,18 +216,18 @@ fn net_element(net: &IpNet) -> Expression<'static> {
 }
 
 /// The statements that restrict a rule to one rule set's protocol and ports.
-fn protocol_and_ports(set: &RuleSet) -> Vec<Statement<'static>> {
+fn protocol_and_ports(protocol: Protocol, ports: &Ports) -> Vec<Statement<'static>> {
     let mut statements = Vec::new();
-    let protocols: &[&'static str] = match set.protocol {
+    let protocols: &[&'static str] = match protocol {
         Protocol::Tcp => &["tcp"],
         Protocol::Udp => &["udp"],
-        Protocol::Any if set.ports == Ports::All => &[],
+        Protocol::Any if *ports == Ports::All => &[],
         Protocol::Any => &["tcp", "udp"],
     };
     if !protocols.is_empty() {
         statements.push(l4proto_in(protocols));
     }
-    if let Some(ports) = port_expression(&set.ports) {
+    if let Some(ports) = port_expression(ports) {
         statements.push(matches(payload("th", "dport"), Operator::EQ, ports));
     }
     statements
@@ -291,6 +296,43 @@ impl Builder {
         }
     }
 
+    /// For each group of allowed name rules, a set per family of addresses sbx's DNS service
+    /// answered, each expiring on its own (`dns{group}_v4`, `dns{group}_v6`), and a rule that
+    /// accepts them with the group's protocol and ports.
+    fn answered_sets(&mut self, plan: &Plan) {
+        for (group, (protocol, ports)) in plan.name_groups().iter().enumerate() {
+            for (v6, field) in [(false, "ip"), (true, "ip6")] {
+                let name = answered_set(group, v6);
+                self.objects.push(add(NfListObject::Set(Box::new(Set {
+                    family: NfFamily::INet,
+                    table: self.table.clone().into(),
+                    name: name.clone().into(),
+                    handle: None,
+                    set_type: SetTypeValue::Single(if v6 {
+                        SetType::Ipv6Addr
+                    } else {
+                        SetType::Ipv4Addr
+                    }),
+                    policy: None,
+                    flags: Some(HashSet::from([SetFlag::Timeout])),
+                    elem: None,
+                    timeout: None,
+                    gc_interval: None,
+                    size: None,
+                    comment: None,
+                }))));
+                let mut statements = protocol_and_ports(*protocol, ports);
+                statements.push(matches(
+                    payload(field, "daddr"),
+                    Operator::EQ,
+                    string(format!("@{name}")),
+                ));
+                statements.push(Statement::Accept(None));
+                self.rule("egress", statements);
+            }
+        }
+    }
+
     /// Sets and rules for the rule sets of one verdict; `verdict` is the statement a match ends
     /// with.
     fn rule_sets(
@@ -311,7 +353,7 @@ impl Builder {
                 }
                 let name = format!("{prefix}{i}_v{family}");
                 self.address_set(&name, v6, nets);
-                let mut statements = protocol_and_ports(set);
+                let mut statements = protocol_and_ports(set.protocol, &set.ports);
                 statements.push(matches(
                     payload(field, "daddr"),
                     Operator::EQ,
@@ -422,6 +464,7 @@ impl Builder {
                 ],
             );
             self.rule_sets("allow", &plan.allow, &|| Statement::Accept(None));
+            self.answered_sets(plan);
             self.rule("egress", vec![goto("refuse")]);
 
             self.rule(
