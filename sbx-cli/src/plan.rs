@@ -26,6 +26,9 @@ pub struct Plan {
     pub mode: Mode,
     pub files: Vec<String>,
     pub dns_servers: Vec<String>,
+    /// How long an answered address stays reachable past its TTL.
+    #[serde(serialize_with = "duration_as_text")]
+    pub dns_grace: std::time::Duration,
     pub allow: Vec<RuleSet>,
     pub deny: Vec<RuleSet>,
     /// What the DNS service decides by name: wildcards always, names in `allowlist` mode.
@@ -139,6 +142,7 @@ pub async fn build(policy: &Policy, resolver: Arc<Resolver>) -> (Option<Plan>, V
         mode: policy.mode.value,
         files: policy.files.iter().map(|f| f.to_string()).collect(),
         dns_servers: resolver.servers().iter().map(|s| s.to_string()).collect(),
+        dns_grace: policy.dns.grace,
         allow: rule_sets(&policy.allow, &answers),
         deny: rule_sets(&policy.deny, &answers),
         names: name_rules(policy),
@@ -277,6 +281,13 @@ fn name_rules(policy: &Policy) -> Vec<NameRule> {
             .cmp(&(b.verdict, &b.pattern, b.protocol, &b.ports))
     });
     rules
+}
+
+fn duration_as_text<S: serde::Serializer>(
+    d: &std::time::Duration,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
 }
 
 fn ports_as_text<S: serde::Serializer>(ports: &Ports, s: S) -> Result<S::Ok, S::Error> {

@@ -634,13 +634,17 @@ impl Enforced for Live {
             .map(|DenyEventRecord(e)| {
                 let v6 = std::net::Ipv6Addr::from(e.addr);
                 Denial {
-                    pid: e.pid,
-                    command: String::from_utf8_lossy(&e.comm)
-                        .trim_end_matches('\0')
-                        .to_string(),
-                    destination: v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-                    port: e.port,
-                    protocol: e.protocol,
+                    pid: Some(e.pid),
+                    command: Some(
+                        String::from_utf8_lossy(&e.comm)
+                            .trim_end_matches('\0')
+                            .to_string(),
+                    ),
+                    destination: Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)),
+                    port: Some(e.port),
+                    protocol: Some(e.protocol),
+                    name: None,
+                    record_type: None,
                     hook: match e.hook {
                         sbx_common::HOOK_CONNECT4 => "connect4",
                         sbx_common::HOOK_CONNECT6 => "connect6",

@@ -57,14 +57,19 @@ pub trait Admit: Send + Sync {
 /// A connection, send or socket the backend refused.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Denial {
-    pub pid: u32,
-    pub command: String,
-    pub destination: std::net::IpAddr,
-    pub port: u16,
+    /// The process, as the host sees it (not known for a DNS query).
+    pub pid: Option<u32>,
+    pub command: Option<String>,
+    pub destination: Option<std::net::IpAddr>,
+    pub port: Option<u16>,
     /// IP protocol number (6 TCP, 17 UDP; for a refused socket, the one asked for).
-    pub protocol: u8,
-    /// Where it was refused: connect4/6, sendmsg4/6, sock_create.
+    pub protocol: Option<u8>,
+    /// Where it was refused: connect4/6, sendmsg4/6, sock_create, or dns (a name the policy
+    /// does not allow, asked of sbx's DNS service).
     pub hook: &'static str,
+    /// For `dns`: the name asked, and the record type.
+    pub name: Option<String>,
+    pub record_type: Option<String>,
 }
 
 /// One sandbox's enforcement, live.

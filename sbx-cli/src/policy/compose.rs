@@ -39,6 +39,7 @@ pub struct Composed {
     pub deny: Vec<Rule>,
     pub dns_servers: Vec<Sourced<DnsServer>>,
     pub dns_timeout: Option<Duration>,
+    pub dns_grace: Option<Duration>,
     pub dns_attempts: Option<u32>,
     pub on_resolve_failure: Option<OnResolveFailure>,
     pub files: Vec<Arc<str>>,
@@ -106,6 +107,7 @@ impl Loader {
             deny: Vec::new(),
             dns_servers: Vec::new(),
             dns_timeout: None,
+            dns_grace: None,
             dns_attempts: None,
             on_resolve_failure: None,
             files: Vec::new(),
@@ -245,6 +247,7 @@ impl Loader {
         append_unique(&mut into.deny, &doc.deny, |r| &r.entry);
         append_unique(&mut into.dns_servers, &doc.dns_servers, |s| &s.value);
         into.dns_timeout = doc.dns_timeout.or(into.dns_timeout);
+        into.dns_grace = doc.dns_grace.or(into.dns_grace);
         into.dns_attempts = doc.dns_attempts.or(into.dns_attempts);
         into.on_resolve_failure = doc.on_resolve_failure.or(into.on_resolve_failure);
     }
@@ -298,6 +301,7 @@ impl Composed {
             dns.servers = self.dns_servers.into_iter().map(|s| s.value).collect();
         }
         dns.timeout = self.dns_timeout.unwrap_or(dns.timeout);
+        dns.grace = self.dns_grace.unwrap_or(dns.grace);
         dns.attempts = self.dns_attempts.unwrap_or(dns.attempts);
         dns.on_resolve_failure = self.on_resolve_failure.unwrap_or(dns.on_resolve_failure);
         Some(Policy {

@@ -20,11 +20,13 @@ pub struct Document {
     pub deny: Vec<Rule>,
     pub dns_servers: Vec<Sourced<DnsServer>>,
     pub dns_timeout: Option<Duration>,
+    pub dns_grace: Option<Duration>,
     pub dns_attempts: Option<u32>,
     pub on_resolve_failure: Option<OnResolveFailure>,
 }
 
 pub const MAX_DNS_TIMEOUT: Duration = Duration::from_secs(60);
+pub const MAX_DNS_GRACE: Duration = Duration::from_secs(600);
 pub const MAX_DNS_ATTEMPTS: u32 = 10;
 
 /// Parses one file. Problems go to `diagnostics`; what could be read is returned all the same,
@@ -86,7 +88,13 @@ const TOP_KEYS: &[&str] = &[
     "dns",
 ];
 const NETWORK_KEYS: &[&str] = &["mode", "allow", "deny"];
-const DNS_KEYS: &[&str] = &["servers", "timeout", "attempts", "on_resolve_failure"];
+const DNS_KEYS: &[&str] = &[
+    "servers",
+    "timeout",
+    "attempts",
+    "on_resolve_failure",
+    "grace",
+];
 const ENTRY_KEYS: &[&str] = &["host", "ip", "cidr", "ports", "protocol"];
 
 impl Reader<'_> {
@@ -233,6 +241,37 @@ impl Reader<'_> {
                 Some("add `version: 1` as the first line".into());
         }
         doc
+    }
+
+    /// A duration with a unit (`2s`, `500ms`) within `range`.
+    fn duration(
+        &mut self,
+        key: &str,
+        value: &Node,
+        range: std::ops::RangeInclusive<Duration>,
+        range_text: &str,
+    ) -> Option<Duration> {
+        let text = self.string(key, value)?;
+        match humantime::parse_duration(text) {
+            Ok(d) if range.contains(&d) => Some(d),
+            Ok(_) => {
+                self.error(
+                    "invalid-duration",
+                    format!("{key} `{text}` is outside {range_text}"),
+                    value.span,
+                );
+                None
+            }
+            Err(_) => {
+                self.error(
+                    "invalid-duration",
+                    format!("`{text}` is not a duration"),
+                    value.span,
+                )
+                .help = Some("write a number with a unit, such as `2s` or `500ms`".into());
+                None
+            }
+        }
     }
 
     fn version(&mut self, node: &Node) {
@@ -480,28 +519,12 @@ impl Reader<'_> {
                     }
                 }
                 "timeout" => {
-                    let Some(text) = self.string("timeout", value) else {
-                        continue;
-                    };
-                    match humantime::parse_duration(text) {
-                        Ok(d) if !d.is_zero() && d <= MAX_DNS_TIMEOUT => doc.dns_timeout = Some(d),
-                        Ok(_) => {
-                            self.error(
-                                "invalid-duration",
-                                format!("timeout `{text}` is outside 1ms-60s"),
-                                value.span,
-                            );
-                        }
-                        Err(_) => {
-                            self.error(
-                                "invalid-duration",
-                                format!("`{text}` is not a duration"),
-                                value.span,
-                            )
-                            .help =
-                                Some("write a number with a unit, such as `2s` or `500ms`".into());
-                        }
-                    }
+                    let range = Duration::from_millis(1)..=MAX_DNS_TIMEOUT;
+                    doc.dns_timeout = self.duration("timeout", value, range, "1ms-60s");
+                }
+                "grace" => {
+                    let range = Duration::ZERO..=MAX_DNS_GRACE;
+                    doc.dns_grace = self.duration("grace", value, range, "0s-10m");
                 }
                 "attempts" => match value.as_str().map(str::parse::<u32>) {
                     Some(Ok(n @ 1..=MAX_DNS_ATTEMPTS)) => doc.dns_attempts = Some(n),

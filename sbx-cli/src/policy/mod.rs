@@ -111,6 +111,8 @@ pub enum OnResolveFailure {
 pub struct Dns {
     pub servers: Vec<DnsServer>,
     pub timeout: Duration,
+    /// How long an address sbx's DNS service answered stays reachable past the answer's TTL.
+    pub grace: Duration,
     pub attempts: u32,
     pub on_resolve_failure: OnResolveFailure,
 }
@@ -120,6 +122,7 @@ impl Default for Dns {
         Dns {
             servers: vec![DnsServer::System],
             timeout: Duration::from_secs(2),
+            grace: Duration::from_secs(30),
             attempts: 2,
             on_resolve_failure: OnResolveFailure::Error,
         }

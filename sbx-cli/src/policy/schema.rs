@@ -66,6 +66,10 @@ pub fn schema() -> Value {
                         "type": "string"
                     },
                     "attempts": { "type": "integer", "minimum": 1, "maximum": MAX_DNS_ATTEMPTS },
+                    "grace": {
+                        "description": "How long an address sbx's DNS service answered stays reachable past the answer's TTL: `30s` (default); at most 10m.",
+                        "type": "string"
+                    },
                     "on_resolve_failure": {
                         "description": "error: a host name that does not resolve stops sbx (default). warn: run anyway.",
                         "enum": ["error", "warn"]

@@ -12,15 +12,11 @@ use hickory_resolver::proto::rr::{RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::backend::Admit;
+use crate::backend::{Admit, Denial};
 use crate::plan::{NameRule, Plan, Verdict};
 use crate::policy::{Ports, Protocol};
 use crate::resolve::{Failure, Resolver};
 use crate::sys::{Step, SysError};
-
-/// How long an answered address stays reachable after its answer's TTL: clients commonly use
-/// an answer a little past its TTL.
-pub const GRACE: Duration = Duration::from_secs(30);
 
 /// At most this many addresses per name are admitted while a sandbox runs: a hostile answer
 /// stream cannot grow the backend's sets without bound.
@@ -30,8 +26,13 @@ pub const ADDRESSES_PER_NAME: usize = 64;
 pub struct Names {
     rules: Vec<NameRule>,
     groups: Vec<(Protocol, Ports)>,
+    /// How long past its TTL an answer stays reachable (`dns.grace`): clients commonly use an
+    /// answer a little past its TTL.
+    grace: Duration,
     admitter: Option<Arc<dyn Admit>>,
     remembered: Mutex<HashMap<String, HashSet<IpAddr>>>,
+    /// Names asked and refused, reported like denied connections.
+    refused: Mutex<Vec<Denial>>,
 }
 
 impl Names {
@@ -39,8 +40,10 @@ impl Names {
         Names {
             rules: plan.names.clone(),
             groups: plan.name_groups(),
+            grace: plan.dns_grace,
             admitter,
             remembered: Mutex::new(HashMap::new()),
+            refused: Mutex::new(Vec::new()),
         }
     }
 
@@ -90,6 +93,7 @@ impl Names {
 pub struct DnsService {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    names: Arc<Names>,
 }
 
 impl DnsService {
@@ -110,6 +114,7 @@ impl DnsService {
             .step(|| "configure the DNS socket".into())?;
         let (shutdown, stop) = tokio::sync::oneshot::channel();
         let names = Arc::new(names);
+        let served = names.clone();
         let thread = std::thread::Builder::new()
             .name("sbx-dns".into())
             .spawn(move || {
@@ -121,8 +126,8 @@ impl DnsService {
                     let udp = Arc::new(UdpSocket::from_std(udp).expect("tokio UDP socket"));
                     let tcp = TcpListener::from_std(tcp).expect("tokio TCP listener");
                     tokio::select! {
-                        _ = serve_udp(udp, names.clone(), resolver.clone()) => {}
-                        _ = serve_tcp(tcp, names, resolver) => {}
+                        _ = serve_udp(udp, served.clone(), resolver.clone()) => {}
+                        _ = serve_tcp(tcp, served, resolver) => {}
                         _ = stop => {}
                     }
                 });
@@ -132,9 +137,25 @@ impl DnsService {
             DnsService {
                 shutdown: Some(shutdown),
                 thread: Some(thread),
+                names,
             },
             addr,
         ))
+    }
+
+    /// Stops the service and returns the names it refused.
+    pub fn finish(mut self) -> Vec<Denial> {
+        self.stop();
+        std::mem::take(&mut *self.names.refused.lock().expect("not poisoned"))
+    }
+
+    fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -166,12 +187,7 @@ fn bind_pair(at: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpListen
 
 impl Drop for DnsService {
     fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.stop();
     }
 }
 
@@ -220,6 +236,29 @@ async fn serve_tcp(listener: TcpListener, names: Arc<Names>, resolver: Arc<Resol
     }
 }
 
+/// The addresses a record makes a client connect to: A and AAAA data, and the address hints of
+/// HTTPS and SVCB records.
+fn addresses(record: &Record) -> Vec<IpAddr> {
+    use hickory_resolver::proto::rr::rdata::svcb::{SVCB, SvcParamValue};
+    let hints = |svcb: &SVCB| -> Vec<IpAddr> {
+        svcb.svc_params
+            .iter()
+            .flat_map(|(_, value)| match value {
+                SvcParamValue::Ipv4Hint(hint) => hint.0.iter().map(|a| IpAddr::V4(a.0)).collect(),
+                SvcParamValue::Ipv6Hint(hint) => hint.0.iter().map(|a| IpAddr::V6(a.0)).collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    };
+    match &record.data {
+        RData::A(a) => vec![IpAddr::V4(a.0)],
+        RData::AAAA(a) => vec![IpAddr::V6(a.0)],
+        RData::HTTPS(https) => hints(&https.0),
+        RData::SVCB(svcb) => hints(svcb),
+        _ => Vec::new(),
+    }
+}
+
 /// The reply to one query, at most `limit` bytes (a UDP reply that does not fit is truncated,
 /// and the client retries over TCP).
 async fn answer(query: &[u8], names: &Names, resolver: &Resolver, limit: usize) -> Option<Vec<u8>> {
@@ -233,32 +272,38 @@ async fn answer(query: &[u8], names: &Names, resolver: &Resolver, limit: usize) 
     let record_type = question.query_type();
     if !names.allows(&name) {
         reply.metadata.response_code = ResponseCode::Refused;
+        names.refused.lock().expect("not poisoned").push(Denial {
+            pid: None,
+            command: None,
+            destination: None,
+            port: None,
+            protocol: None,
+            hook: "dns",
+            name: Some(name.trim_end_matches('.').to_string()),
+            record_type: Some(record_type.to_string()),
+        });
     } else if matches!(
         record_type,
-        RecordType::A | RecordType::AAAA | RecordType::CNAME
+        RecordType::A | RecordType::AAAA | RecordType::CNAME | RecordType::HTTPS | RecordType::SVCB
     ) {
         match resolver.lookup_records(&name, record_type).await {
             Ok(records) => {
-                let address = |r: &Record| match &r.data {
-                    RData::A(a) => Some(IpAddr::V4(a.0)),
-                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                    _ => None,
-                };
-                let addrs: Vec<IpAddr> = records.iter().filter_map(address).collect();
+                let addrs: Vec<IpAddr> = records.iter().flat_map(addresses).collect();
                 let ttl = records.iter().map(|r| r.ttl).min().unwrap_or(0);
                 // The answer leaves only once its addresses are reachable: a connect issued
                 // the instant it arrives must not race the backend.
-                match names.admit(&name, &addrs, Duration::from_secs(ttl.into()) + GRACE) {
-                    Ok(admitted) => reply.add_answers(
-                        records
-                            .into_iter()
-                            .filter(|r| address(r).is_none_or(|a| admitted.contains(&a))),
-                    ),
-                    Err(_) => {
-                        reply.metadata.response_code = ResponseCode::ServFail;
-                        &mut reply
+                match names.admit(&name, &addrs, Duration::from_secs(ttl.into()) + names.grace) {
+                    Ok(admitted) => {
+                        let keep = |r: &Record| match &r.data {
+                            RData::A(_) | RData::AAAA(_) => {
+                                addresses(r).iter().all(|a| admitted.contains(a))
+                            }
+                            _ => true,
+                        };
+                        reply.add_answers(records.into_iter().filter(keep));
                     }
-                };
+                    Err(_) => reply.metadata.response_code = ResponseCode::ServFail,
+                }
             }
             Err(Failure::NxDomain) => reply.metadata.response_code = ResponseCode::NXDomain,
             Err(Failure::NoAddresses) => {}

@@ -151,7 +151,11 @@ pub fn apply(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<
         &cwd,
         &options.command,
     );
-    let denials = enforced.denials();
+    let (result, mut denials) = match result {
+        Ok((code, refused_names)) => (Ok(code), refused_names),
+        Err(e) => (Err(e), Vec::new()),
+    };
+    denials.extend(enforced.denials());
     let reported = report_denials(&denials, options.events.as_deref());
     let locked = state.lock()?;
     let teardown = enforced.teardown(&locked);
@@ -173,9 +177,9 @@ fn run_in(
     run_as: &RunAs,
     cwd: &Path,
     command: &[OsString],
-) -> Result<i32, ApplyError> {
+) -> Result<(i32, Vec<crate::backend::Denial>), ApplyError> {
     let mut resolv_conf = None;
-    let _dns = match enforced.dns_listen_address() {
+    let dns = match enforced.dns_listen_address() {
         Some(at) => {
             let (service, bound) =
                 dns::DnsService::start(at, dns::Names::new(plan, enforced.admitter()), resolver)?;
@@ -250,10 +254,11 @@ fn run_in(
         .wait()
         .map_err(|e| SysError::new("wait for the sandbox", e))?;
     use std::os::unix::process::ExitStatusExt;
-    Ok(status
+    let code = status
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(125))
+        .unwrap_or(125);
+    Ok((code, dns.map(dns::DnsService::finish).unwrap_or_default()))
 }
 
 /// A one-line summary on stderr, and every denial as a JSON line in `events` if given.
@@ -276,20 +281,25 @@ fn report_denials(
     let mut by_destination: std::collections::BTreeMap<(String, &str), (usize, Vec<&str>)> =
         std::collections::BTreeMap::new();
     for d in denials {
-        let protocol = match d.protocol {
-            6 => "tcp",
-            17 => "udp",
-            1 | 58 => "icmp",
+        let protocol = match (d.hook, d.protocol) {
+            ("dns", _) => "dns",
+            (_, Some(6)) => "tcp",
+            (_, Some(17)) => "udp",
+            (_, Some(1 | 58)) => "icmp",
             _ => "ip",
         };
-        let what = match d.hook {
-            "sock_create" => format!("a {protocol} socket"),
-            _ => format!("{}", std::net::SocketAddr::new(d.destination, d.port)),
+        let what = match (d.hook, &d.name, d.destination, d.port) {
+            ("dns", Some(name), _, _) => name.clone(),
+            ("sock_create", ..) => format!("a {protocol} socket"),
+            (_, _, Some(ip), Some(port)) => std::net::SocketAddr::new(ip, port).to_string(),
+            _ => "?".to_string(),
         };
         let entry = by_destination.entry((what, protocol)).or_default();
         entry.0 += 1;
-        if !entry.1.contains(&d.command.as_str()) {
-            entry.1.push(&d.command);
+        if let Some(command) = &d.command
+            && !entry.1.contains(&command.as_str())
+        {
+            entry.1.push(command);
         }
     }
     let mut parts: Vec<String> = by_destination
@@ -301,7 +311,12 @@ fn report_denials(
             } else {
                 String::new()
             };
-            format!("{what}/{protocol}{times} ({})", commands.join(", "))
+            let by = if commands.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", commands.join(", "))
+            };
+            format!("{what}/{protocol}{times}{by}")
         })
         .collect();
     if by_destination.len() > 5 {
