@@ -398,6 +398,7 @@ struct Written {
 }
 
 struct Live {
+    slot: u32,
     cgroup: PathBuf,
     cgroup_id: u64,
     /// The rule-set bits of each group of allowed name rules (`Plan::name_groups`).
@@ -470,6 +471,7 @@ impl Backend for Ebpf {
             Mode::Open => MODE_OPEN,
         };
         let mut live = Live {
+            slot,
             cgroup,
             cgroup_id,
             group_bits: Vec::new(),
@@ -620,8 +622,11 @@ impl Enforced for Live {
         }
     }
 
+    /// Port 53 on a loopback address of the sandbox's own (127.83.x.y, from its slot), so that
+    /// its resolv.conf can name it and the command never even aims at the host's resolver.
     fn dns_listen_address(&self) -> Option<SocketAddr> {
-        (self.mode == MODE_ALLOWLIST).then(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+        let [_, _, hi, lo] = (self.slot + 1).to_be_bytes();
+        (self.mode == MODE_ALLOWLIST).then(|| SocketAddr::from(([127, 83, hi, lo], 53)))
     }
 
     fn denials(&mut self) -> Vec<Denial> {

@@ -16,6 +16,7 @@ pub mod state;
 
 use std::ffi::OsString;
 use std::fmt;
+use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -181,8 +182,17 @@ fn run_in(
     let mut resolv_conf = None;
     let dns = match enforced.dns_listen_address() {
         Some(at) => {
-            let (service, bound) =
-                dns::DnsService::start(at, dns::Names::new(plan, enforced.admitter()), resolver)?;
+            let names = || dns::Names::new(plan, enforced.admitter());
+            let started = match dns::DnsService::start(at, names(), resolver.clone()) {
+                // Something of the host's holds port 53 there: any port, and the backend
+                // redirects (eBPF rewrites every port-53 destination to the service).
+                Err(e) if at.ip().is_loopback() && at.port() == 53 => {
+                    let fallback = SocketAddr::new(at.ip(), 0);
+                    dns::DnsService::start(fallback, names(), resolver).map_err(|_| e)
+                }
+                other => other,
+            };
+            let (service, bound) = started?;
             enforced.dns_bound(bound)?;
             // A resolv.conf can only name a server on port 53; elsewhere the backend redirects.
             if bound.port() == 53 {

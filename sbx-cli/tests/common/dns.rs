@@ -38,6 +38,11 @@ pub enum Behaviour {
     Silent,
     /// Over UDP: an empty answer with the TC (truncated) bit; over TCP: the inner behaviour.
     TcpOnly(Box<Behaviour>),
+    /// One address per answer, the next one each time (IPv4: A queries; others get none).
+    Rotate {
+        addrs: Vec<IpAddr>,
+        ttl: u32,
+    },
 }
 
 /// Names not in the zone get NXDOMAIN.
@@ -94,6 +99,7 @@ struct Shared {
     zone: Zone,
     delay: Duration,
     log: Arc<Mutex<Vec<LoggedQuery>>>,
+    rotation: Mutex<HashMap<String, usize>>,
 }
 
 impl DnsServer {
@@ -112,6 +118,7 @@ impl DnsServer {
             zone,
             delay,
             log: log.clone(),
+            rotation: Mutex::new(HashMap::new()),
         });
         let udp = Arc::new(udp);
         let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>, SocketAddr)>();
@@ -304,8 +311,28 @@ fn respond(shared: &Shared, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
                 break;
             }
             Behaviour::Silent => return None,
+            Behaviour::Rotate { addrs, ttl } => {
+                if qtype == RecordType::A {
+                    let mut rotation = shared.rotation.lock().unwrap();
+                    let turn = rotation.entry(current.clone()).or_default();
+                    if let IpAddr::V4(a) = addrs[*turn % addrs.len()] {
+                        let owner = Name::from_ascii(format!("{current}.")).unwrap();
+                        reply.add_answer(Record::from_rdata(owner, *ttl, RData::A(A(a))));
+                    }
+                    *turn += 1;
+                }
+                break;
+            }
             Behaviour::TcpOnly(_) => unreachable!("unwrapped above"),
         }
     }
-    reply.to_vec().ok()
+    // As real servers do: over UDP, an answer larger than the client takes is truncated (TC),
+    // and the client asks again over TCP.
+    let bytes = reply.to_vec().ok()?;
+    if !tcp && bytes.len() > usize::from(request.max_payload().max(512)) {
+        let mut truncated = reply.truncate();
+        truncated.metadata.truncation = true;
+        return truncated.to_vec().ok();
+    }
+    Some(bytes)
 }

@@ -44,6 +44,12 @@ pub struct TestHost {
 impl TestHost {
     /// A host serving `services` (`tcp:8080`, `udp:5353`, …) on both of its addresses.
     pub fn start(services: &[&str]) -> TestHost {
+        TestHost::start_with(services, None)
+    }
+
+    /// As `start`, and also answering on every address of `block` (an IPv4 CIDR routed to it),
+    /// for tests that need many distinct destinations.
+    pub fn start_with(services: &[&str], block: Option<&str>) -> TestHost {
         let k = NEXT.fetch_add(1, Ordering::SeqCst);
         assert!(k < 250, "too many test hosts in one test run");
         let netns = format!("sbxt-{k}");
@@ -94,16 +100,18 @@ impl TestHost {
             "via",
             &format!("fd5b:7e57:0:{k}::1"),
         ]);
+        if let Some(block) = block {
+            inside(&["route", "add", "local", block, "dev", "lo"]);
+            ip(&["route", "add", block, "via", &v4]);
+        }
+        let listen = match block {
+            // Wildcard listeners: the block's addresses are local only by route.
+            Some(_) => "0.0.0.0,::".to_string(),
+            None => format!("{v4},{v6}"),
+        };
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/testsrv.py");
         let mut server = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &netns,
-                "python3",
-                script,
-                &format!("{v4},{v6}"),
-            ])
+            .args(["netns", "exec", &netns, "python3", script, &listen])
             .args(services)
             .stdout(Stdio::piped())
             .spawn()
