@@ -65,7 +65,7 @@ fn answers_that_change_on_every_query_are_each_reachable(backend: &str) {
         &dns,
         "",
     );
-    let probes = vec!["tcp:rot.test:8080"; 8].join(" ");
+    let probes = ["tcp:rot.test:8080"; 8].join(" ");
     let out = sbx_sh(backend, &policy, &format!("python3 {PROBE} {probes}"));
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
