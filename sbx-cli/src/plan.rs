@@ -57,6 +57,9 @@ pub struct Source {
     pub origin: String,
     /// What this entry contributed (for a name: its resolved addresses).
     pub addresses: Vec<IpNet>,
+    /// The host name whose answer these addresses are; `None` for literal addresses and blocks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -102,6 +105,51 @@ impl NameRule {
 }
 
 impl Plan {
+    /// The allow rule sets with the literal addresses and blocks only. In allowlist mode the
+    /// addresses of names are admitted like DNS answers, for their TTL plus the grace period
+    /// (see [`Plan::name_answers`]): they follow the answers rather than stay for the run.
+    pub fn literal_allow(&self) -> Vec<RuleSet> {
+        self.allow
+            .iter()
+            .filter_map(|set| {
+                let literal: Vec<IpNet> = set
+                    .sources
+                    .iter()
+                    .filter(|s| s.name.is_none())
+                    .flat_map(|s| s.addresses.iter().copied())
+                    .collect();
+                (!literal.is_empty()).then(|| RuleSet {
+                    addresses: IpNet::aggregate(&literal),
+                    ..set.clone()
+                })
+            })
+            .collect()
+    }
+
+    /// What sbx resolved at start for the allowed names: `(name, addresses, ttl)`, with the
+    /// answer's smallest TTL.
+    pub fn name_answers(&self) -> Vec<(String, Vec<IpAddr>, u32)> {
+        let mut names: Vec<&str> = self
+            .allow
+            .iter()
+            .flat_map(|set| set.sources.iter().filter_map(|s| s.name.as_deref()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let resolved = self.resolved.iter().find(|r| r.name == name)?;
+                let ResolvedResult::Answer(answer) = &resolved.result else {
+                    return None;
+                };
+                let addrs = answer.addresses.iter().map(|a| a.ip).collect();
+                let ttl = answer.addresses.iter().map(|a| a.ttl).min().unwrap_or(0);
+                Some((name.to_string(), addrs, ttl))
+            })
+            .collect()
+    }
+
     /// The distinct (protocol, ports) of the allowed name rules: the groups whose addresses
     /// sbx's DNS service admits as it answers. Sorted, so group numbers are stable.
     pub fn name_groups(&self) -> Vec<(Protocol, Ports)> {
@@ -241,10 +289,15 @@ fn rule_sets(rules: &[Rule], answers: &BTreeMap<String, Result<Answer, Failure>>
             sources: Vec::new(),
         });
         set.addresses.extend(&contributed);
+        let name = match &rule.entry.target {
+            Target::Host(name) => Some(name.clone()),
+            _ => None,
+        };
         set.sources.push(Source {
             entry: rule.entry.to_string(),
             origin: rule.origin.to_string(),
             addresses: contributed,
+            name,
         });
     }
     groups

@@ -419,7 +419,8 @@ impl Backend for Ebpf {
 
     fn refusals(&self, plan: &Plan) -> Vec<String> {
         let mut refusals = Vec::new();
-        for (verdict, sets) in [("allow", &plan.allow), ("deny", &plan.deny)] {
+        let allow = plan.literal_allow();
+        for (verdict, sets) in [("allow", &allow), ("deny", &plan.deny)] {
             let groups = if verdict == "allow" {
                 plan.name_groups()
             } else {
@@ -537,7 +538,9 @@ impl Live {
     fn fill(&mut self, plan: &Plan) -> Result<(), SysError> {
         let mut maps = Maps::open()?;
         let cgroup = self.cgroup_id;
-        for (verdict, sets) in [(VERDICT_ALLOW, &plan.allow), (VERDICT_DENY, &plan.deny)] {
+        // Names' addresses come through the admitter, with their TTLs.
+        let allow = plan.literal_allow();
+        for (verdict, sets) in [(VERDICT_ALLOW, &allow), (VERDICT_DENY, &plan.deny)] {
             let groups = match verdict {
                 VERDICT_ALLOW => plan.name_groups(),
                 _ => Vec::new(),

@@ -18,6 +18,9 @@ use crate::policy::{Ports, Protocol};
 use crate::resolve::{Failure, Resolver};
 use crate::sys::{Step, SysError};
 
+/// Admissions last at most this long, whatever the TTL says (resolvers cap TTLs at a day too).
+const LONGEST_ADMISSION: Duration = Duration::from_secs(24 * 3600);
+
 /// At most this many addresses per name are admitted while a sandbox runs: a hostile answer
 /// stream cannot grow the backend's sets without bound.
 pub const ADDRESSES_PER_NAME: usize = 64;
@@ -61,7 +64,12 @@ impl Names {
     /// Makes `addrs` (answered for `name`) reachable with the ports and protocol of every allow
     /// rule that matches the name, for `ttl`; returns those admitted (all but what exceeds the
     /// per-name cap).
-    fn admit(&self, name: &str, addrs: &[IpAddr], ttl: Duration) -> Result<Vec<IpAddr>, SysError> {
+    pub fn admit(
+        &self,
+        name: &str,
+        addrs: &[IpAddr],
+        ttl: Duration,
+    ) -> Result<Vec<IpAddr>, SysError> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         let groups: Vec<usize> = self
             .rules
@@ -84,7 +92,7 @@ impl Names {
             && !groups.is_empty()
             && !admitted.is_empty()
         {
-            admitter.admit(&groups, &admitted, ttl)?;
+            admitter.admit(&groups, &admitted, ttl.min(LONGEST_ADMISSION))?;
         }
         Ok(admitted)
     }

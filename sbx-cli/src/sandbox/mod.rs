@@ -182,13 +182,22 @@ fn run_in(
     let mut resolv_conf = None;
     let dns = match enforced.dns_listen_address() {
         Some(at) => {
-            let names = || dns::Names::new(plan, enforced.admitter());
-            let started = match dns::DnsService::start(at, names(), resolver.clone()) {
+            let names = || -> Result<dns::Names, SysError> {
+                let names = dns::Names::new(plan, enforced.admitter());
+                // What sbx resolved at start is admitted like any answer: for its TTL plus the
+                // grace period, before the command runs.
+                for (name, addrs, ttl) in plan.name_answers() {
+                    let ttl = std::time::Duration::from_secs(ttl.into());
+                    names.admit(&name, &addrs, ttl.saturating_add(plan.dns_grace))?;
+                }
+                Ok(names)
+            };
+            let started = match dns::DnsService::start(at, names()?, resolver.clone()) {
                 // Something of the host's holds port 53 there: any port, and the backend
                 // redirects (eBPF rewrites every port-53 destination to the service).
                 Err(e) if at.ip().is_loopback() && at.port() == 53 => {
                     let fallback = SocketAddr::new(at.ip(), 0);
-                    dns::DnsService::start(fallback, names(), resolver).map_err(|_| e)
+                    dns::DnsService::start(fallback, names()?, resolver).map_err(|_| e)
                 }
                 other => other,
             };

@@ -463,7 +463,8 @@ impl Builder {
                     goto("refuse"),
                 ],
             );
-            self.rule_sets("allow", &plan.allow, &|| Statement::Accept(None));
+            // Names' addresses come through `answered_sets`, admitted with their TTLs.
+            self.rule_sets("allow", &plan.literal_allow(), &|| Statement::Accept(None));
             self.answered_sets(plan);
             self.rule("egress", vec![goto("refuse")]);
 
