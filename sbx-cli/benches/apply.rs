@@ -3,6 +3,8 @@
 //! one connect() under a 10,000-entry policy; TCP throughput to a test host. Needs root.
 //! Run: `cargo bench --bench apply` (or `cargo xtask bench`).
 
+#[path = "../tests/common/dns.rs"]
+mod dns;
 #[path = "../tests/common/testnet.rs"]
 mod testnet;
 
@@ -23,6 +25,7 @@ fn main() {
         Ok("connect-loop") => return connect_loop(),
         Ok("sink") => return sink(),
         Ok("send") => return send(),
+        Ok("dns-latency") => return dns_latency(),
         _ => {}
     }
     // SAFETY: geteuid has no preconditions.
@@ -66,6 +69,7 @@ fn main() {
     }
     connect_cost(dir.path(), sbx, &host);
     throughput(dir.path(), sbx, &host);
+    gate_latency(dir.path(), sbx, &host);
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
@@ -274,4 +278,77 @@ fn throughput(dir: &Path, sbx: &str, host: &testnet::TestHost) {
     }
     let _ = sink.kill();
     let _ = sink.wait();
+}
+
+const QUERIES: usize = 2000;
+
+/// Asks `SBX_BENCH_TARGET` for `bench.test` A, one query after another; prints the median
+/// round trip in microseconds.
+fn dns_latency() {
+    use hickory_resolver::proto::op::{Message, Query};
+    use hickory_resolver::proto::rr::{Name, RecordType};
+    let target: std::net::SocketAddr = std::env::var("SBX_BENCH_TARGET").unwrap().parse().unwrap();
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let mut times: Vec<f64> = (0..QUERIES)
+        .map(|i| {
+            let mut query = Message::query();
+            query.metadata.id = i as u16;
+            query.metadata.recursion_desired = true;
+            query.add_query(Query::query(
+                Name::from_ascii("bench.test.").unwrap(),
+                RecordType::A,
+            ));
+            let bytes = query.to_vec().unwrap();
+            let started = Instant::now();
+            socket.send_to(&bytes, target).unwrap();
+            let (len, _) = socket.recv_from(&mut buf).unwrap();
+            let elapsed = started.elapsed().as_secs_f64() * 1e6;
+            let reply = Message::from_vec(&buf[..len]).unwrap();
+            assert_eq!(reply.answers.len(), 1, "{reply:?}");
+            elapsed
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    println!("{:.1}", times[QUERIES / 2]);
+}
+
+/// A query through sbx's DNS gate (sent to a test host's port 53, where it is redirected), next
+/// to the same query straight to the upstream on loopback.
+fn gate_latency(dir: &Path, sbx: &str, host: &testnet::TestHost) {
+    let me = std::env::current_exe().unwrap();
+    let upstream =
+        dns::DnsServer::start(dns::Zone::new().addrs("bench.test", &[host.v4.as_str()], 300));
+    let policy = write(
+        dir,
+        "gate.yaml",
+        &format!(
+            "version: 1\nnetwork:\n  mode: allowlist\n  allow: [bench.test]\ndns:\n  servers: [\"{}\"]\n",
+            upstream.addr()
+        ),
+    );
+    let direct = median_of(
+        3,
+        Command::new(&me)
+            .env(ROLE, "dns-latency")
+            .env("SBX_BENCH_TARGET", upstream.addr().to_string()),
+    );
+    println!("a DNS query, {QUERIES} one after another, median of 3 runs (each a median):");
+    println!("  straight to the upstream on loopback          {direct:>7.1} µs");
+    for backend in BACKENDS {
+        let mut command = Command::new(sbx);
+        command
+            .args(["apply", "--backend", backend])
+            .arg(&policy)
+            .arg("--")
+            .arg(&me)
+            .env(ROLE, "dns-latency")
+            .env("SBX_BENCH_TARGET", format!("{}:53", host.v4));
+        let gated = median_of(3, &mut command);
+        let label = format!("{backend}: through sbx's DNS gate");
+        println!("  {label:<45} {gated:>7.1} µs  ({:+.1} µs)", gated - direct);
+    }
 }

@@ -67,8 +67,11 @@ pub fn bpf_dir() -> PathBuf {
 /// The pins of this build of sbx: a directory per object, so that two versions of sbx never
 /// share maps whose layout differs.
 fn pins() -> PathBuf {
-    let hash = OBJECT.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    static HASH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let hash = HASH.get_or_init(|| {
+        OBJECT.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        })
     });
     bpf_dir().join(format!("{hash:016x}"))
 }
@@ -398,6 +401,8 @@ struct Written {
 }
 
 struct Live {
+    /// The pinned maps, opened once for the sandbox's life (shared with its admitter).
+    maps: std::sync::Arc<std::sync::Mutex<Maps>>,
     slot: u32,
     cgroup: PathBuf,
     cgroup_id: u64,
@@ -472,6 +477,7 @@ impl Backend for Ebpf {
             Mode::Open => MODE_OPEN,
         };
         let mut live = Live {
+            maps: std::sync::Arc::new(std::sync::Mutex::new(Maps::open()?)),
             slot,
             cgroup,
             cgroup_id,
@@ -536,7 +542,9 @@ fn remove_cgroup(path: &Path) -> Result<(), SysError> {
 
 impl Live {
     fn fill(&mut self, plan: &Plan) -> Result<(), SysError> {
-        let mut maps = Maps::open()?;
+        let shared = self.maps.clone();
+        let mut guard = shared.lock().expect("not poisoned");
+        let maps = &mut *guard;
         let cgroup = self.cgroup_id;
         // Names' addresses come through the admitter, with their TTLs.
         let allow = plan.literal_allow();
@@ -669,11 +677,10 @@ impl Enforced for Live {
         if self.mode != MODE_ALLOWLIST {
             return None;
         }
-        let maps = Maps::open().ok()?;
         Some(std::sync::Arc::new(Admitter {
             cgroup: self.cgroup_id,
             group_bits: self.group_bits.clone(),
-            maps: std::sync::Mutex::new(maps),
+            maps: self.maps.clone(),
         }))
     }
 
@@ -684,7 +691,7 @@ impl Enforced for Live {
                 "the DNS service is not on IPv4",
             ));
         };
-        let mut maps = Maps::open()?;
+        let mut maps = self.maps.lock().expect("not poisoned");
         let policy = Policy {
             dns_ip4: u32::from(ip),
             dns_port: at.port(),
@@ -698,6 +705,7 @@ impl Enforced for Live {
 
     fn teardown(self: Box<Self>, _locked: &Locked<'_>) -> Result<(), SysError> {
         let Live {
+            maps,
             cgroup,
             cgroup_id,
             written,
@@ -715,36 +723,39 @@ impl Enforced for Live {
         if let Some(parent) = cgroup.parent() {
             let _ = std::fs::remove_dir(parent);
         }
-        let purged = Maps::open().map(|mut maps| {
-            let _ = maps.policies.remove(&cgroup_id);
-            for key in &written.rule_sets {
-                let _ = maps.rule_sets.remove(key);
-            }
-            for (verdict, key) in &written.v4 {
-                let trie = match *verdict {
-                    VERDICT_ALLOW => &mut maps.allow4,
-                    _ => &mut maps.deny4,
-                };
-                let _ = trie.remove(key);
-            }
-            for (verdict, key) in &written.v6 {
-                let trie = match *verdict {
-                    VERDICT_ALLOW => &mut maps.allow6,
-                    _ => &mut maps.deny6,
-                };
-                let _ = trie.remove(key);
-            }
-            // The command's own listeners: few, and not known in advance.
-            let bound: Vec<BoundKey> = maps
-                .bound
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.cgroup == cgroup_id)
-                .collect();
-            for key in bound {
-                let _ = maps.bound.remove(&key);
-            }
-        });
+        let purged = maps
+            .lock()
+            .map_err(|_| SysError::new("remove the sandbox's map entries", "poisoned"))
+            .map(|mut maps| {
+                let _ = maps.policies.remove(&cgroup_id);
+                for key in &written.rule_sets {
+                    let _ = maps.rule_sets.remove(key);
+                }
+                for (verdict, key) in &written.v4 {
+                    let trie = match *verdict {
+                        VERDICT_ALLOW => &mut maps.allow4,
+                        _ => &mut maps.deny4,
+                    };
+                    let _ = trie.remove(key);
+                }
+                for (verdict, key) in &written.v6 {
+                    let trie = match *verdict {
+                        VERDICT_ALLOW => &mut maps.allow6,
+                        _ => &mut maps.deny6,
+                    };
+                    let _ = trie.remove(key);
+                }
+                // The command's own listeners: few, and not known in advance.
+                let bound: Vec<BoundKey> = maps
+                    .bound
+                    .keys()
+                    .filter_map(Result::ok)
+                    .filter(|k| k.cgroup == cgroup_id)
+                    .collect();
+                for key in bound {
+                    let _ = maps.bound.remove(&key);
+                }
+            });
         removed.and(purged)
     }
 }
@@ -795,7 +806,8 @@ mod tests {
 pub struct Events {
     cgroup: u64,
     mine: std::sync::Arc<std::sync::Mutex<Vec<DenyEventRecord>>>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Dropped to stop the drain thread at once (it waits on the other end between drains).
+    stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -877,17 +889,19 @@ impl Events {
     /// Drains in the background every 100 ms, so the shared buffer does not fill up.
     pub fn start(cgroup: u64) -> Events {
         let mine = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = {
-            let (mine, stop) = (mine.clone(), stop.clone());
+            let mine = mine.clone();
             std::thread::Builder::new()
                 .name("sbx-events".into())
                 .spawn(move || {
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let pause = std::time::Duration::from_millis(100);
+                    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                        stopped.recv_timeout(pause)
+                    {
                         let mut batch = Vec::new();
                         let _ = drain(cgroup, &mut batch);
                         mine.lock().expect("not poisoned").extend(batch);
-                        std::thread::sleep(std::time::Duration::from_millis(100));
                     }
                 })
                 .ok()
@@ -895,14 +909,14 @@ impl Events {
         Events {
             cgroup,
             mine,
-            stop,
+            stop: Some(stop),
             thread,
         }
     }
 
     /// Every denial of the sandbox, once its command has ended.
     pub fn finish(mut self) -> Vec<DenyEventRecord> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -916,7 +930,7 @@ impl Events {
 struct Admitter {
     cgroup: u64,
     group_bits: Vec<u64>,
-    maps: std::sync::Mutex<Maps>,
+    maps: std::sync::Arc<std::sync::Mutex<Maps>>,
 }
 
 fn monotonic_ns() -> u64 {
