@@ -854,7 +854,10 @@ fn gc_all_removes_the_pinned_ebpf_state_and_the_next_run_loads_it_again() {
         "{said}"
     );
     assert!(!pinned(), "gc --all unmounts /run/sbx/bpf");
-    assert!(!std::path::Path::new("/run/sbx/bpf").exists());
+    assert!(
+        !std::path::Path::new("/run/sbx").exists(),
+        "nothing of sbx is left in /run"
+    );
     let cgroup2 = sbx::backend::ebpf::cgroup2_mount().unwrap();
     assert!(!cgroup2.join("sbx").exists(), "no cgroup of sbx is left");
     assert!(

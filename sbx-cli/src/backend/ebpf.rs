@@ -501,9 +501,22 @@ impl Backend for Ebpf {
         if cgroup.exists() {
             remove_cgroup(&cgroup)?;
         }
+        let live = live_cgroup_ids()?;
         if pins().join("map_POLICIES").exists() {
-            let live = live_cgroup_ids()?;
             Maps::open()?.purge(|id| !live.contains(&id))?;
+        }
+        // Events spooled for sandboxes that are gone.
+        if let Ok(spooled) = std::fs::read_dir(events_dir()) {
+            for entry in spooled.flatten() {
+                let id = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u64>().ok());
+                if id.is_some_and(|id| !live.contains(&id)) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+            let _ = std::fs::remove_dir(events_dir());
         }
         Ok(())
     }
@@ -856,6 +869,11 @@ fn drain(cgroup: u64, mine: &mut Vec<DenyEventRecord>) -> Result<(), SysError> {
                 .extend_from_slice(&item[..EVENT_SIZE]);
         }
     }
+    // Only for sandboxes still alive: a killed sbx collects nothing, so nothing waits for it.
+    if !others.is_empty() {
+        let live = live_cgroup_ids()?;
+        others.retain(|id, _| live.contains(id));
+    }
     if !others.is_empty() {
         let dir = events_dir();
         std::fs::create_dir_all(&dir).step(|| format!("create {}", dir.display()))?;
@@ -882,6 +900,8 @@ fn drain(cgroup: u64, mine: &mut Vec<DenyEventRecord>) -> Result<(), SysError> {
         }
         let _ = std::fs::remove_file(&spool);
     }
+    // Gone with the last spool file (another sandbox's keeps it: then this fails).
+    let _ = std::fs::remove_dir(events_dir());
     Ok(())
 }
 

@@ -425,7 +425,16 @@ pub fn gc(all: bool) -> Result<GcReport, ApplyError> {
     let cleaned = clean_dead_slots(&locked)?;
     locked.restore_forwarding_if_unused()?;
     let pinned_removed = match all && locked.live_slots()? == 0 {
-        true => Some(crate::backend::ebpf::remove_pinned_state()?),
+        true => {
+            let removed = crate::backend::ebpf::remove_pinned_state()?;
+            // Nothing of sbx is left: its state directory goes too (its lock last).
+            let _ = std::fs::remove_dir_all(locked.dir().join("events"));
+            let _ = std::fs::remove_dir(locked.dir().join("slots"));
+            let _ = std::fs::remove_file(locked.dir().join("events.lock"));
+            let _ = std::fs::remove_file(locked.dir().join("lock"));
+            let _ = std::fs::remove_dir(locked.dir());
+            Some(removed)
+        }
         false => None,
     };
     Ok(GcReport {

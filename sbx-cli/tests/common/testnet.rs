@@ -185,7 +185,7 @@ pub fn host_state() -> HostState {
             let mut names: Vec<String> = d
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != "lock" && n != "slots" && n != "bpf")
+                .filter(|n| n != "lock" && n != "events.lock" && n != "slots" && n != "bpf")
                 .collect();
             names.sort();
             names.join(" ")
