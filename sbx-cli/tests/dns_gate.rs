@@ -259,3 +259,43 @@ on_both_backends!(
     a_name_answering_too_many_addresses_is_capped,
     a_connect_the_instant_the_answer_arrives_succeeds_1000_times,
 );
+
+/// Expiry stops new connections only: a flow opened while the answer was fresh keeps working.
+fn a_live_flow_outlives_its_answer(backend: &str) {
+    require_root();
+    let _guard = exclusive();
+    let host = TestHost::start(&["udp:5353"]);
+    let zone = Zone::new().addrs("a.live.test", &[host.v4.as_str()], 1);
+    let dns = DnsServer::start(zone);
+    let dir = Dir::new();
+    let network =
+        "mode: allowlist\n  allow:\n    - {host: \"*.live.test\", ports: [5353], protocol: udp}";
+    let policy = policy(&dir, network, &dns, "  grace: 1s\n");
+    let client = dir.write(
+        "flow.py",
+        "import socket, time\n\
+         def ask(s):\n    s.send(b'hello')\n    return s.recv(100).startswith(b'port 5353')\n\
+         addr = socket.getaddrinfo('a.live.test', 5353, socket.AF_INET, socket.SOCK_DGRAM)[0][4]\n\
+         live = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); live.settimeout(2); live.connect(addr)\n\
+         print('fresh', ask(live))\n\
+         time.sleep(3)\n\
+         print('live', ask(live))\n\
+         new = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); new.settimeout(2)\n\
+         try:\n    new.connect(addr); print('new', ask(new))\n\
+         except OSError as e:\n    print('new denied')\n",
+    );
+    let out = sbx_sh(backend, &policy, &format!("python3 {}", client.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text, "fresh True\nlive True\nnew denied\n", "{out:?}");
+}
+
+mod flows {
+    #[test]
+    fn nftables() {
+        super::a_live_flow_outlives_its_answer("nftables")
+    }
+    #[test]
+    fn ebpf() {
+        super::a_live_flow_outlives_its_answer("ebpf")
+    }
+}
