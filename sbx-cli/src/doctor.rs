@@ -171,6 +171,15 @@ pub fn report() -> (String, bool) {
             pins.display(),
             pinned.join(", ")
         );
+        let counts: Vec<String> = ebpf::pinned_entries()
+            .into_iter()
+            .map(|(map, n)| format!("{map} {n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  entries in the maps (all sandboxes): {}",
+            counts.join(", ")
+        );
     }
     (out, ebpf_ok || nft_ok)
 }

@@ -979,3 +979,59 @@ fn a_named_host_loopback_service_is_reachable_under_ebpf_and_refused_clearly_by_
     let _ = host_service.kill();
     let _ = host_service.wait();
 }
+
+#[test]
+fn an_ebpf_sandbox_leaves_no_map_entries_behind() {
+    require_root();
+    let _guard = exclusive();
+    let host = TestHost::start(SERVICES);
+    let dns = DnsServer::start(zone(&host));
+    let dir = Dir::new();
+    // Rules, a name resolved at start, a wildcard answered later, a port the command binds, a
+    // denial: every kind of entry the programs' maps hold.
+    let network = "mode: allowlist\n  allow: [\"svc.test:8080\", \"*.svc.test:8080\", \"{net4}:9090\"]\n  deny: [\"{v4}:9090\"]";
+    let policy = write_policy(&dir, "p.yaml", &fill(network, &host), &dns);
+    let server = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/testsrv.py");
+    let probe = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/probe.py");
+    let script = format!(
+        "rm -f ready; python3 {server} 127.0.0.1 tcp:7001 > ready & while [ ! -s ready ]; do sleep 0.02; done\n\
+         python3 {probe} tcp:a.svc.test:8080 tcp:{v4}:9090 tcp:127.0.0.1:7001",
+        v4 = host.v4
+    );
+    let out = sbx()
+        .args(["apply", "--backend", "ebpf"])
+        .arg(&policy)
+        .args(["--", "sh", "-c", &script])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("a.svc.test 8080 ok")
+            && text.contains("9090 denied")
+            && text.contains("7001 ok"),
+        "{text}"
+    );
+    let doctor = sbx().arg("doctor").output().unwrap();
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    let line = report
+        .lines()
+        .find(|l| l.contains("entries in the maps"))
+        .unwrap_or_else(|| panic!("{report}"));
+    for map in [
+        "POLICIES",
+        "RULE_SETS",
+        "ALLOW4",
+        "DENY4",
+        "ALLOW6",
+        "DENY6",
+        "BOUND",
+        "ANSWERED4",
+        "ANSWERED6",
+    ] {
+        assert!(
+            line.contains(&format!("{map} 0")),
+            "{map} kept entries: {line}"
+        );
+    }
+}

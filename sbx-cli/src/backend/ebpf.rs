@@ -182,106 +182,61 @@ struct Maps {
     answered6: BpfHashMap<MapData, Addr6Key, Answered>,
 }
 
+/// A pinned map, opened and typed.
+fn typed<T>(name: &str) -> Result<T, SysError>
+where
+    T: TryFrom<Map>,
+    T::Error: std::error::Error,
+{
+    pinned_map(name)?
+        .try_into()
+        .step(|| format!("open map {name}"))
+}
+
+/// Removes the entries of `map` whose key `doomed` picks.
+macro_rules! remove_where {
+    ($map:expr, $key:ty, $doomed:expr) => {{
+        let keys: Vec<$key> = $map.keys().filter_map(Result::ok).filter($doomed).collect();
+        for key in keys {
+            let _ = $map.remove(&key);
+        }
+    }};
+}
+
 impl Maps {
     fn open() -> Result<Maps, SysError> {
         Ok(Maps {
-            policies: pinned_map("POLICIES")?
-                .try_into()
-                .step(|| "map POLICIES".into())?,
-            rule_sets: pinned_map("RULE_SETS")?
-                .try_into()
-                .step(|| "map RULE_SETS".into())?,
-            allow4: pinned_map("ALLOW4")?
-                .try_into()
-                .step(|| "map ALLOW4".into())?,
-            deny4: pinned_map("DENY4")?
-                .try_into()
-                .step(|| "map DENY4".into())?,
-            allow6: pinned_map("ALLOW6")?
-                .try_into()
-                .step(|| "map ALLOW6".into())?,
-            deny6: pinned_map("DENY6")?
-                .try_into()
-                .step(|| "map DENY6".into())?,
-            bound: pinned_map("BOUND")?
-                .try_into()
-                .step(|| "map BOUND".into())?,
-            answered4: pinned_map("ANSWERED4")?
-                .try_into()
-                .step(|| "map ANSWERED4".into())?,
-            answered6: pinned_map("ANSWERED6")?
-                .try_into()
-                .step(|| "map ANSWERED6".into())?,
+            policies: typed("POLICIES")?,
+            rule_sets: typed("RULE_SETS")?,
+            allow4: typed("ALLOW4")?,
+            deny4: typed("DENY4")?,
+            allow6: typed("ALLOW6")?,
+            deny6: typed("DENY6")?,
+            bound: typed("BOUND")?,
+            answered4: typed("ANSWERED4")?,
+            answered6: typed("ANSWERED6")?,
         })
     }
 
     /// Removes every entry of the sandboxes whose cgroup id `dead` says is gone.
     fn purge(&mut self, dead: impl Fn(u64) -> bool) -> Result<(), SysError> {
-        let keys: Vec<u64> = self
-            .policies
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|c| dead(*c))
-            .collect();
-        for key in keys {
-            let _ = self.policies.remove(&key);
-        }
-        let keys: Vec<RuleSetKey> = self
-            .rule_sets
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| dead(k.cgroup))
-            .collect();
-        for key in keys {
-            let _ = self.rule_sets.remove(&key);
-        }
-        for trie in [&mut self.allow4, &mut self.deny4] {
-            let keys: Vec<Key<Addr4Key>> = trie
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| dead(k.data().cgroup))
-                .collect();
-            for key in keys {
-                let _ = trie.remove(&key);
-            }
-        }
-        for trie in [&mut self.allow6, &mut self.deny6] {
-            let keys: Vec<Key<Addr6Key>> = trie
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| dead(k.data().cgroup))
-                .collect();
-            for key in keys {
-                let _ = trie.remove(&key);
-            }
-        }
-        let keys: Vec<BoundKey> = self
-            .bound
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| dead(k.cgroup))
-            .collect();
-        for key in keys {
-            let _ = self.bound.remove(&key);
-        }
-        let keys: Vec<Addr4Key> = self
-            .answered4
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| dead(k.cgroup))
-            .collect();
-        for key in keys {
-            let _ = self.answered4.remove(&key);
-        }
-        let keys: Vec<Addr6Key> = self
-            .answered6
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| dead(k.cgroup))
-            .collect();
-        for key in keys {
-            let _ = self.answered6.remove(&key);
-        }
+        remove_where!(self.policies, u64, |c: &u64| dead(*c));
+        remove_where!(self.rule_sets, RuleSetKey, |k: &RuleSetKey| dead(k.cgroup));
+        remove_where!(self.allow4, Key<Addr4Key>, |k: &Key<Addr4Key>| dead(
+            k.data().cgroup
+        ));
+        remove_where!(self.deny4, Key<Addr4Key>, |k: &Key<Addr4Key>| dead(
+            k.data().cgroup
+        ));
+        remove_where!(self.allow6, Key<Addr6Key>, |k: &Key<Addr6Key>| dead(
+            k.data().cgroup
+        ));
+        remove_where!(self.deny6, Key<Addr6Key>, |k: &Key<Addr6Key>| dead(
+            k.data().cgroup
+        ));
+        remove_where!(self.bound, BoundKey, |k: &BoundKey| dead(k.cgroup));
+        remove_where!(self.answered4, Addr4Key, |k: &Addr4Key| dead(k.cgroup));
+        remove_where!(self.answered6, Addr6Key, |k: &Addr6Key| dead(k.cgroup));
         Ok(())
     }
 }
@@ -459,9 +414,14 @@ impl Backend for Ebpf {
         &self,
         plan: &Plan,
         slot: u32,
-        _locked: &Locked<'_>,
+        locked: &Locked<'_>,
     ) -> Result<Box<dyn Enforced>, SysError> {
         ensure_loaded()?;
+        // The maps outlive runs: with no other sandbox live, anything in them is a leftover
+        // (of a killed sbx, or an older one) and goes. Empty maps make this a few syscalls.
+        if locked.live_slots()? <= 1 {
+            Maps::open()?.purge(|_| true)?;
+        }
         let cgroup = sandbox_cgroup(slot)?;
         std::fs::create_dir_all(&cgroup).step(|| format!("create cgroup {}", cgroup.display()))?;
         let cgroup_id = std::fs::metadata(&cgroup)
@@ -490,7 +450,7 @@ impl Backend for Ebpf {
             sock: Vec::new(),
         };
         if let Err(e) = live.fill(plan).and_then(|()| live.attach()) {
-            let _ = Box::new(live).teardown(_locked);
+            let _ = Box::new(live).teardown(locked);
             return Err(e);
         }
         Ok(Box::new(live))
@@ -759,15 +719,12 @@ impl Enforced for Live {
                     let _ = trie.remove(key);
                 }
                 // The command's own listeners: few, and not known in advance.
-                let bound: Vec<BoundKey> = maps
-                    .bound
-                    .keys()
-                    .filter_map(Result::ok)
-                    .filter(|k| k.cgroup == cgroup_id)
-                    .collect();
-                for key in bound {
-                    let _ = maps.bound.remove(&key);
-                }
+                remove_where!(maps.bound, BoundKey, |k: &BoundKey| k.cgroup == cgroup_id);
+                // What the DNS gate admitted: at most the per-name cap for each name asked.
+                remove_where!(maps.answered4, Addr4Key, |k: &Addr4Key| k.cgroup
+                    == cgroup_id);
+                remove_where!(maps.answered6, Addr6Key, |k: &Addr6Key| k.cgroup
+                    == cgroup_id);
             });
         removed.and(purged)
     }
@@ -1000,4 +957,23 @@ impl Admit for Admitter {
         }
         Ok(())
     }
+}
+
+/// The number of entries in each of sbx's pinned maps (for `sbx doctor`); empty when nothing is
+/// pinned. With no sandbox live, every map must be empty.
+pub fn pinned_entries() -> Vec<(&'static str, usize)> {
+    let Ok(maps) = Maps::open() else {
+        return Vec::new();
+    };
+    vec![
+        ("POLICIES", maps.policies.keys().count()),
+        ("RULE_SETS", maps.rule_sets.keys().count()),
+        ("ALLOW4", maps.allow4.keys().count()),
+        ("DENY4", maps.deny4.keys().count()),
+        ("ALLOW6", maps.allow6.keys().count()),
+        ("DENY6", maps.deny6.keys().count()),
+        ("BOUND", maps.bound.keys().count()),
+        ("ANSWERED4", maps.answered4.keys().count()),
+        ("ANSWERED6", maps.answered6.keys().count()),
+    ]
 }
