@@ -925,7 +925,7 @@ fn ebpf_denials_are_reported_each_to_its_own_sandbox() {
 }
 
 #[test]
-fn a_named_host_loopback_service_is_reachable_under_ebpf_and_refused_clearly_by_nftables() {
+fn a_named_host_loopback_service_is_reachable_on_both_backends() {
     require_root();
     let _guard = exclusive();
     let server = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/testsrv.py");
@@ -942,29 +942,39 @@ fn a_named_host_loopback_service_is_reachable_under_ebpf_and_refused_clearly_by_
     .unwrap();
     let dir = Dir::new();
     let dns = DnsServer::start(Zone::new());
-    let policy = write_policy(
-        &dir,
-        "p.yaml",
-        "mode: allowlist\n  allow: [\"127.0.0.1:17171\"]",
-        &dns,
-    );
+    let before = host_state();
     let probes = [
         "tcp:127.0.0.1:17171".to_string(),
         "tcp:127.0.0.1:17172".to_string(),
     ];
-    let out = apply_probes("ebpf", &policy, &probes);
-    let got = outcomes(&out);
-    assert_eq!(
-        got.get(&probes[0]).map(String::as_str),
-        Some("ok"),
-        "{out:?}"
-    );
-    assert_eq!(
-        got.get(&probes[1]).map(String::as_str),
-        Some("denied"),
-        "{out:?}"
-    );
+    for backend in ["nftables", "ebpf"] {
+        for entry in ["127.0.0.1:17171", "localhost:17171"] {
+            let network = format!("mode: allowlist\n  allow: [\"{entry}\"]");
+            let policy = write_policy(&dir, "p.yaml", &network, &dns);
+            let out = apply_probes(backend, &policy, &probes);
+            let got = outcomes(&out);
+            let what = format!("{backend}, {entry}: {out:?}");
+            assert_eq!(
+                got.get(&probes[0]).map(String::as_str),
+                Some("ok"),
+                "{what}"
+            );
+            assert_eq!(
+                got.get(&probes[1]).map(String::as_str),
+                Some("denied"),
+                "{what}"
+            );
+        }
+    }
+    assert_eq!(host_state(), before, "no host-wide setting changed");
 
+    // Other loopback addresses of the host are out of an nftables sandbox's reach: refused.
+    let policy = write_policy(
+        &dir,
+        "p.yaml",
+        "mode: allowlist\n  allow: [\"127.0.0.5:17171\"]",
+        &dns,
+    );
     let out = apply_probes("nftables", &policy, &probes);
     assert_eq!(out.status.code(), Some(1));
     let said = String::from_utf8_lossy(&out.stderr);
@@ -973,7 +983,7 @@ fn a_named_host_loopback_service_is_reachable_under_ebpf_and_refused_clearly_by_
         "{said}"
     );
     assert!(
-        said.contains("`127.0.0.1:17171` (") && said.contains("p.yaml:"),
+        said.contains("`127.0.0.5:17171` (") && said.contains("p.yaml:"),
         "{said}"
     );
     let _ = host_service.kill();

@@ -57,13 +57,24 @@ impl Backend for Nftables {
     fn refusals(&self, plan: &Plan) -> Vec<String> {
         let mut refusals = Vec::new();
         if plan.mode == Mode::Allowlist {
+            // The host's 127.0.0.1 is reachable (see `ruleset::inside`); its other loopback
+            // addresses and ::1 are not, from another network namespace. `localhost` resolves
+            // to ::1 as well: that half stays the sandbox's own loopback.
+            let localhost: IpNet = "127.0.0.1/32".parse().expect("valid");
             for set in &plan.allow {
                 for source in &set.sources {
-                    if source.addresses.iter().any(is_loopback) {
+                    let is_localhost_name = source
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n == "localhost" || n.ends_with(".localhost"));
+                    let unreachable = source.addresses.iter().filter(|n| is_loopback(n)).any(|n| {
+                        *n != localhost && !(is_localhost_name && matches!(n, IpNet::V6(_)))
+                    });
+                    if unreachable {
                         refusals.push(format!(
-                            "`{}` ({}) names a service on the host's loopback; the nftables \
-                             backend cannot reach the host's loopback from the sandbox's \
-                             namespace yet",
+                            "`{}` ({}) names a loopback address of the host other than \
+                             127.0.0.1; from the sandbox's network namespace the nftables backend \
+                             reaches only the host's 127.0.0.1 (use it, or --backend ebpf)",
                             source.entry, source.origin
                         ));
                     }
@@ -159,6 +170,10 @@ impl Backend for Nftables {
             (linked, applying.join().expect("nft thread does not panic"))
         });
         connection.abort();
+        let local = match (&linked, &applied, ruleset::inside(plan, &layout)) {
+            (Ok(()), Ok(()), Some(inside)) => reach_host_loopback(&netns, &layout, &inside),
+            _ => Ok(()),
+        };
         let live = Live {
             netns,
             allowlist: plan.mode == Mode::Allowlist,
@@ -167,6 +182,7 @@ impl Backend for Nftables {
         };
         if let Err(e) = linked
             .and(applied)
+            .and(local)
             .and_then(|()| locked.enable_forwarding())
         {
             let _ = Box::new(live).teardown(locked);
@@ -312,4 +328,25 @@ impl Admit for Admitter {
         }
         Ok(())
     }
+}
+
+/// Routes the policy's host loopback services (`ruleset::inside`): the small nat table inside
+/// the sandbox, and `route_localnet` on the two ends of sbx's own link, so that packets to and
+/// from 127.0.0.1 may cross it. No host-wide setting changes.
+fn reach_host_loopback(
+    netns: &NetNs,
+    layout: &Layout,
+    inside: &nftables::schema::Nftables<'static>,
+) -> Result<(), SysError> {
+    crate::sys::sysctl::write(
+        &format!("net.ipv4.conf.{}.route_localnet", layout.host_if),
+        "1",
+    )?;
+    let sandbox_if = layout.sandbox_if.clone();
+    netns.run(move || {
+        crate::sys::sysctl::write(&format!("net.ipv4.conf.{sandbox_if}.route_localnet"), "1")?;
+        nft(inside, || {
+            "apply the sandbox's loopback routing table".into()
+        })
+    })?
 }

@@ -36,6 +36,79 @@ use crate::policy::{Mode, Ports, Protocol};
 
 pub const TABLE_PREFIX: &str = "sbx_";
 
+fn dnat_to(addr: &str) -> Statement<'static> {
+    Statement::DNAT(Some(NAT {
+        addr: Some(string(addr)),
+        family: Some(NATFamily::IP),
+        port: None,
+        flags: None,
+    }))
+}
+
+/// The (protocol, ports) of allow entries that name the host's 127.0.0.1 (`127.0.0.1:5432`,
+/// `localhost:5432`): reached from the sandbox by way of the host end of its link.
+pub fn host_loopback_groups(plan: &Plan) -> Vec<(Protocol, Ports)> {
+    let localhost: IpNet = "127.0.0.1/32".parse().expect("valid");
+    let mut groups: Vec<(Protocol, Ports)> = plan
+        .allow
+        .iter()
+        .filter(|set| set.addresses.iter().any(|n| n.contains(&localhost)))
+        .map(|set| (set.protocol, set.ports.clone()))
+        .collect();
+    groups.sort();
+    groups.dedup();
+    groups
+}
+
+/// The small table inside the sandbox's namespace, when the policy names host loopback
+/// services: connections to 127.0.0.1 on their ports leave for the host end of the link (the
+/// sandbox's own loopback keeps every other port). Routing only: what is allowed is decided on
+/// the host side, like everything else.
+pub fn inside(plan: &Plan, layout: &Layout) -> Option<Nftables<'static>> {
+    let groups = host_loopback_groups(plan);
+    if groups.is_empty() {
+        return None;
+    }
+    let mut b = Builder::new("sbx_local".to_string());
+    b.objects.push(add(NfListObject::Table(Table {
+        family: NfFamily::INet,
+        name: b.table.clone().into(),
+        handle: None,
+    })));
+    b.chain("output", Some((NfChainType::NAT, NfHook::Output, -100)));
+    b.chain(
+        "postrouting",
+        Some((NfChainType::NAT, NfHook::Postrouting, 100)),
+    );
+    for (protocol, ports) in groups {
+        let mut statements = vec![
+            matches(meta(MetaKey::Nfproto), Operator::EQ, string("ipv4")),
+            matches(payload("ip", "daddr"), Operator::EQ, string("127.0.0.1")),
+        ];
+        statements.extend(protocol_and_ports(protocol, &ports));
+        statements.push(dnat_to(&layout.host_v4.to_string()));
+        b.rule("output", statements);
+    }
+    b.rule(
+        "postrouting",
+        vec![
+            oifname(&layout.sandbox_if),
+            matches(
+                payload("ip", "saddr"),
+                Operator::EQ,
+                Expression::Named(NamedExpression::Prefix(Prefix {
+                    addr: Box::new(string("127.0.0.0")),
+                    len: 8,
+                })),
+            ),
+            Statement::Masquerade(None),
+        ],
+    );
+    Some(Nftables {
+        objects: Cow::Owned(b.objects),
+    })
+}
+
 /// The set holding the answered addresses of name-rule `group`, one family.
 pub fn answered_set(group: usize, v6: bool) -> String {
     format!("dns{group}_v{}", if v6 { 6 } else { 4 })
@@ -483,6 +556,22 @@ impl Builder {
                     })),
                 ],
             );
+            // The host's loopback services the policy names: the sandbox sends them to the host
+            // end of its link (see `inside`), and here they go on to 127.0.0.1.
+            for (protocol, ports) in host_loopback_groups(plan) {
+                let mut statements = vec![
+                    iifname(&host_if),
+                    matches(meta(MetaKey::Nfproto), Operator::EQ, string("ipv4")),
+                    matches(
+                        payload("ip", "daddr"),
+                        Operator::EQ,
+                        string(layout.host_v4.to_string()),
+                    ),
+                ];
+                statements.extend(protocol_and_ports(protocol, &ports));
+                statements.push(dnat_to("127.0.0.1"));
+                self.rule("prerouting", statements);
+            }
         } else {
             self.rule("egress", vec![Statement::Accept(None)]);
         }
