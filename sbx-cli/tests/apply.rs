@@ -658,18 +658,7 @@ fn bad_input_fails_clearly_and_leaves_the_host_unchanged() {
     );
 
     let unreadable = dir.write("secret.yaml", "version: 1\nnetwork: {mode: none}\n");
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_sbx"),
-            "apply",
-        ])
-        .arg(&policy)
-        .args(["--", "true"])
-        .output()
-        .unwrap();
+    let out = apply_as_nobody(&policy);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("sbx needs root"),
@@ -681,18 +670,7 @@ fn bad_input_fails_clearly_and_leaves_the_host_unchanged() {
         std::os::unix::fs::PermissionsExt::from_mode(0o000),
     )
     .unwrap();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_sbx"),
-            "apply",
-        ])
-        .arg(&unreadable)
-        .args(["--", "true"])
-        .output()
-        .unwrap();
+    let out = apply_as_nobody(&unreadable);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("permission denied"),
@@ -711,6 +689,17 @@ fn bad_input_fails_clearly_and_leaves_the_host_unchanged() {
         "{out:?}"
     );
     assert_eq!(host_state(), before);
+}
+
+/// `sbx apply POLICY -- true` as uid 65534, without root.
+fn apply_as_nobody(policy: &std::path::Path) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args([env!("CARGO_BIN_EXE_sbx"), "apply"])
+        .arg(policy)
+        .args(["--", "true"])
+        .output()
+        .unwrap()
 }
 
 #[test]

@@ -124,36 +124,28 @@ fn ensure_loaded() -> Result<(), SysError> {
     }
     std::fs::create_dir_all(&pins).step(|| format!("create {}", pins.display()))?;
     let mut ebpf = aya::Ebpf::load(OBJECT).step(|| "load sbx's eBPF programs".into())?;
-    for (name, _) in SOCK_ADDR_PROGRAMS {
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or_else(|| {
-                SysError::new(format!("find program {name}"), "missing from the object")
-            })?
-            .try_into()
-            .step(|| format!("program {name}"))?;
-        program
-            .load()
-            .step(|| format!("verify and load program {name}"))?;
-        program
-            .pin(pins.join(format!("prog_{name}")))
-            .step(|| format!("pin program {name}"))?;
+    // Verifies, loads and pins each program of a list, as the aya type its hook takes.
+    macro_rules! load_and_pin {
+        ($kind:ty, $programs:expr) => {
+            for (name, _) in $programs {
+                let program: &mut $kind = ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| {
+                        SysError::new(format!("find program {name}"), "missing from the object")
+                    })?
+                    .try_into()
+                    .step(|| format!("program {name}"))?;
+                program
+                    .load()
+                    .step(|| format!("verify and load program {name}"))?;
+                program
+                    .pin(pins.join(format!("prog_{name}")))
+                    .step(|| format!("pin program {name}"))?;
+            }
+        };
     }
-    for (name, _) in SOCK_PROGRAMS {
-        let program: &mut CgroupSock = ebpf
-            .program_mut(name)
-            .ok_or_else(|| {
-                SysError::new(format!("find program {name}"), "missing from the object")
-            })?
-            .try_into()
-            .step(|| format!("program {name}"))?;
-        program
-            .load()
-            .step(|| format!("verify and load program {name}"))?;
-        program
-            .pin(pins.join(format!("prog_{name}")))
-            .step(|| format!("pin program {name}"))?;
-    }
+    load_and_pin!(CgroupSockAddr, SOCK_ADDR_PROGRAMS);
+    load_and_pin!(CgroupSock, SOCK_PROGRAMS);
     for name in MAPS {
         ebpf.map(name)
             .ok_or_else(|| SysError::new(format!("find map {name}"), "missing from the object"))?
