@@ -168,7 +168,37 @@ fn connect_loop() {
     println!("{}", started.elapsed().as_nanos() / u128::from(CONNECTS));
 }
 
-fn median_of(runs: usize, command: &mut Command) -> f64 {
+/// Where a measuring role runs: straight, or under `sbx apply POLICY` with a backend.
+enum Under<'a> {
+    Host,
+    Sbx {
+        sbx: &'a str,
+        backend: &'a str,
+        policy: &'a Path,
+    },
+}
+
+/// The median of `runs` runs of this binary in `role` against `target`; each run prints one
+/// number.
+fn measure(runs: usize, role: &str, target: &str, under: Under<'_>) -> f64 {
+    let me = std::env::current_exe().unwrap();
+    let mut command = match under {
+        Under::Host => Command::new(&me),
+        Under::Sbx {
+            sbx,
+            backend,
+            policy,
+        } => {
+            let mut command = Command::new(sbx);
+            command
+                .args(["apply", "--backend", backend])
+                .arg(policy)
+                .arg("--")
+                .arg(&me);
+            command
+        }
+    };
+    command.env(ROLE, role).env("SBX_BENCH_TARGET", target);
     let mut values: Vec<f64> = (0..runs)
         .map(|_| {
             let out = command.output().unwrap();
@@ -182,27 +212,22 @@ fn median_of(runs: usize, command: &mut Command) -> f64 {
 }
 
 fn connect_cost(dir: &Path, sbx: &str, host: &testnet::TestHost) {
-    let me = std::env::current_exe().unwrap();
     let target = format!("{}:5353", host.v4);
     let policy = write(dir, "connect.yaml", &allowlist(10_000, Some(&host.v4)));
-    let plain = median_of(
-        5,
-        Command::new(&me)
-            .env(ROLE, "connect-loop")
-            .env("SBX_BENCH_TARGET", &target),
-    );
+    let plain = measure(5, "connect-loop", &target, Under::Host);
     println!("connect() of a UDP socket, {CONNECTS} times, median of 5 runs:");
     println!("  no sandbox                                    {plain:>7.0} ns");
     for backend in BACKENDS {
-        let mut command = Command::new(sbx);
-        command
-            .args(["apply", "--backend", backend])
-            .arg(&policy)
-            .arg("--")
-            .arg(&me)
-            .env(ROLE, "connect-loop")
-            .env("SBX_BENCH_TARGET", &target);
-        let sandboxed = median_of(5, &mut command);
+        let sandboxed = measure(
+            5,
+            "connect-loop",
+            &target,
+            Under::Sbx {
+                sbx,
+                backend,
+                policy: &policy,
+            },
+        );
         let label = format!("{backend}, 10,000 entries");
         println!(
             "  {label:<45} {sandboxed:>7.0} ns  ({:+.0} ns)",
@@ -255,24 +280,20 @@ fn throughput(dir: &Path, sbx: &str, host: &testnet::TestHost) {
         .unwrap();
     let target = format!("{}:7777", host.v4);
     let policy = write(dir, "throughput.yaml", &allowlist(0, Some(&target)));
-    let plain = median_of(
-        3,
-        Command::new(&me)
-            .env(ROLE, "send")
-            .env("SBX_BENCH_TARGET", &target),
-    );
+    let plain = measure(3, "send", &target, Under::Host);
     println!("TCP throughput to a test host, 1 GiB, median of 3 runs:");
     println!("  no sandbox                                    {plain:>7.0} MB/s");
     for backend in BACKENDS {
-        let mut command = Command::new(sbx);
-        command
-            .args(["apply", "--backend", backend])
-            .arg(&policy)
-            .arg("--")
-            .arg(&me)
-            .env(ROLE, "send")
-            .env("SBX_BENCH_TARGET", &target);
-        let sandboxed = median_of(3, &mut command);
+        let sandboxed = measure(
+            3,
+            "send",
+            &target,
+            Under::Sbx {
+                sbx,
+                backend,
+                policy: &policy,
+            },
+        );
         let change = (sandboxed / plain - 1.0) * 100.0;
         println!("  {backend:<45} {sandboxed:>7.0} MB/s  ({change:+.1} %)");
     }
@@ -319,7 +340,6 @@ fn dns_latency() {
 /// A query through sbx's DNS gate (sent to a test host's port 53, where it is redirected), next
 /// to the same query straight to the upstream on loopback.
 fn gate_latency(dir: &Path, sbx: &str, host: &testnet::TestHost) {
-    let me = std::env::current_exe().unwrap();
     let upstream =
         dns::DnsServer::start(dns::Zone::new().addrs("bench.test", &[host.v4.as_str()], 300));
     let policy = write(
@@ -330,24 +350,20 @@ fn gate_latency(dir: &Path, sbx: &str, host: &testnet::TestHost) {
             upstream.addr()
         ),
     );
-    let direct = median_of(
-        3,
-        Command::new(&me)
-            .env(ROLE, "dns-latency")
-            .env("SBX_BENCH_TARGET", upstream.addr().to_string()),
-    );
+    let direct = measure(3, "dns-latency", &upstream.addr().to_string(), Under::Host);
     println!("a DNS query, {QUERIES} one after another, median of 3 runs (each a median):");
     println!("  straight to the upstream on loopback          {direct:>7.1} µs");
     for backend in BACKENDS {
-        let mut command = Command::new(sbx);
-        command
-            .args(["apply", "--backend", backend])
-            .arg(&policy)
-            .arg("--")
-            .arg(&me)
-            .env(ROLE, "dns-latency")
-            .env("SBX_BENCH_TARGET", format!("{}:53", host.v4));
-        let gated = median_of(3, &mut command);
+        let gated = measure(
+            3,
+            "dns-latency",
+            &format!("{}:53", host.v4),
+            Under::Sbx {
+                sbx,
+                backend,
+                policy: &policy,
+            },
+        );
         let label = format!("{backend}: through sbx's DNS gate");
         println!("  {label:<45} {gated:>7.1} µs  ({:+.1} µs)", gated - direct);
     }

@@ -729,19 +729,8 @@ fn dry_run_prints_the_ruleset_and_touches_nothing() {
     assert_eq!(host_state(), before);
 }
 
-/// Each test above, once per backend.
-macro_rules! on_both_backends {
-    ($($test:ident),* $(,)?) => {
-        mod nftables {
-            $(#[test] fn $test() { super::$test("nftables") })*
-        }
-        mod ebpf {
-            $(#[test] fn $test() { super::$test("ebpf") })*
-        }
-    };
-}
-
-on_both_backends!(
+// Each test above, once per backend.
+crate::on_both_backends!(
     escape_attempts_as_root_inside_fail_and_change_nothing,
     the_command_reaches_servers_it_starts_on_its_own_loopback_but_not_the_hosts,
     twenty_sandboxes_at_once_each_see_only_their_own_verdicts,

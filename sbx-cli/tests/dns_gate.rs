@@ -241,18 +241,7 @@ fn a_connect_the_instant_the_answer_arrives_succeeds_1000_times(backend: &str) {
     drop(host);
 }
 
-macro_rules! on_both_backends {
-    ($($test:ident),* $(,)?) => {
-        mod nftables {
-            $(#[test] fn $test() { super::$test("nftables") })*
-        }
-        mod ebpf {
-            $(#[test] fn $test() { super::$test("ebpf") })*
-        }
-    };
-}
-
-on_both_backends!(
+crate::on_both_backends!(
     answers_that_change_on_every_query_are_each_reachable,
     exfiltration_attempts_are_refused_and_never_reach_the_upstream,
     an_expired_answer_admits_no_new_connection,

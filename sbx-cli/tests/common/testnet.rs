@@ -12,6 +12,20 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+/// Runs each named `fn(backend: &str)` once per backend, as `nftables::NAME` and `ebpf::NAME`,
+/// so that one test body shows both enforce the same verdicts.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod nftables {
+            $(#[test] fn $test() { super::$test("nftables") })*
+        }
+        mod ebpf {
+            $(#[test] fn $test() { super::$test("ebpf") })*
+        }
+    };
+}
+
 /// Tests that start sandboxes or test hosts take this, so that the host state each one checks
 /// is its own.
 static HOST: Mutex<()> = Mutex::new(());
