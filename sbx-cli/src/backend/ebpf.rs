@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -358,7 +358,8 @@ struct Live {
     events: Option<Events>,
     /// What `fill` wrote, so that teardown removes exactly that.
     written: Written,
-    procs: File,
+    /// Open for the life of the sandbox: the command is started in it (see `sys::spawn`).
+    cgroup_dir: File,
     mode: u8,
     sock_addr: Vec<CgroupSockAddr>,
     sock: Vec<CgroupSock>,
@@ -419,10 +420,7 @@ impl Backend for Ebpf {
         let cgroup_id = std::fs::metadata(&cgroup)
             .step(|| format!("stat {}", cgroup.display()))?
             .ino();
-        let procs = File::options()
-            .write(true)
-            .open(cgroup.join("cgroup.procs"))
-            .step(|| format!("open {}/cgroup.procs", cgroup.display()))?;
+        let cgroup_dir = File::open(&cgroup).step(|| format!("open {}", cgroup.display()))?;
         let mode = match plan.mode {
             Mode::None => MODE_NONE,
             Mode::Allowlist => MODE_ALLOWLIST,
@@ -436,7 +434,7 @@ impl Backend for Ebpf {
             group_bits: Vec::new(),
             events: Some(Events::start(cgroup_id)),
             written: Written::default(),
-            procs,
+            cgroup_dir,
             mode,
             sock_addr: Vec::new(),
             sock: Vec::new(),
@@ -569,12 +567,12 @@ impl Live {
     }
 
     fn attach(&mut self) -> Result<(), SysError> {
-        let cgroup = File::open(&self.cgroup).step(|| format!("open {}", self.cgroup.display()))?;
+        let cgroup = &self.cgroup_dir;
         for (name, kind) in SOCK_ADDR_PROGRAMS {
             let mut program = CgroupSockAddr::from_pin(pins().join(format!("prog_{name}")), kind)
                 .step(|| format!("open pinned program {name}"))?;
             program
-                .attach(&cgroup, CgroupAttachMode::Single)
+                .attach(cgroup, CgroupAttachMode::Single)
                 .step(|| format!("attach {name} to {}", self.cgroup.display()))?;
             self.sock_addr.push(program);
         }
@@ -582,7 +580,7 @@ impl Live {
             let mut program = CgroupSock::from_pin(pins().join(format!("prog_{name}")), kind)
                 .step(|| format!("open pinned program {name}"))?;
             program
-                .attach(&cgroup, CgroupAttachMode::Single)
+                .attach(cgroup, CgroupAttachMode::Single)
                 .step(|| format!("attach {name} to {}", self.cgroup.display()))?;
             self.sock.push(program);
         }
@@ -591,10 +589,10 @@ impl Live {
 }
 
 impl Enforced for Live {
-    fn placement(&self) -> Placement {
+    fn placement(&self) -> Placement<'_> {
         Placement {
             netns: None,
-            cgroup_procs: Some(self.procs.as_raw_fd()),
+            cgroup: Some(self.cgroup_dir.as_fd()),
         }
     }
 
@@ -674,7 +672,7 @@ impl Enforced for Live {
             cgroup,
             cgroup_id,
             written,
-            procs,
+            cgroup_dir,
             sock_addr,
             sock,
             ..
@@ -682,7 +680,7 @@ impl Enforced for Live {
         // Dropping the programs closes their links: they detach from the cgroup.
         drop(sock_addr);
         drop(sock);
-        drop(procs);
+        drop(cgroup_dir);
         let removed = remove_cgroup(&cgroup);
         // The parent goes with its last sandbox (another live one keeps it: then this fails).
         if let Some(parent) = cgroup.parent() {

@@ -6,7 +6,7 @@ pub mod ebpf;
 pub mod nftables;
 
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 
 use crate::plan::Plan;
 use crate::sandbox::state::Locked;
@@ -35,11 +35,11 @@ pub trait Backend {
 }
 
 /// Where the command goes before it runs.
-pub struct Placement {
+pub struct Placement<'a> {
     /// A network namespace to enter.
-    pub netns: Option<RawFd>,
-    /// The `cgroup.procs` of a cgroup to join (written "0").
-    pub cgroup_procs: Option<RawFd>,
+    pub netns: Option<BorrowedFd<'a>>,
+    /// A cgroup (its directory) to start in.
+    pub cgroup: Option<BorrowedFd<'a>>,
 }
 
 /// Makes the addresses of a DNS answer reachable, before sbx's DNS service sends the answer.
@@ -79,7 +79,7 @@ pub trait Enforced {
         Vec::new()
     }
 
-    fn placement(&self) -> Placement;
+    fn placement(&self) -> Placement<'_>;
 
     /// Where sbx's DNS service for this sandbox must listen (allowlist mode); port 0 lets the
     /// kernel choose.

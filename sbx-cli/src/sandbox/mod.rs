@@ -17,13 +17,13 @@ pub mod state;
 use std::ffi::OsString;
 use std::fmt;
 use std::net::SocketAddr;
-use std::os::fd::BorrowedFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use nix::errno::Errno;
 use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
+use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Pid, User, getgrouplist, getpid, getppid};
 
 use crate::backend::{Backend, Enforced, Placement};
@@ -218,65 +218,60 @@ fn run_in(
         }
         None => None,
     };
-    let mut init = std::process::Command::new("/proc/self/exe");
-    init.arg0("sbx").arg("__init");
+    let mut args: Vec<OsString> = vec!["sbx".into(), "__init".into()];
     if let Some(path) = &resolv_conf {
-        init.arg("--resolv-conf").arg(path);
+        args.extend(["--resolv-conf".into(), path.into()]);
     }
     if let RunAs::User { uid, gid, groups } = run_as {
-        init.arg("--uid").arg(uid.to_string());
-        init.arg("--gid").arg(gid.to_string());
         let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
-        init.arg("--groups").arg(groups.join(","));
+        args.extend(["--uid".into(), uid.to_string().into()]);
+        args.extend(["--gid".into(), gid.to_string().into()]);
+        args.extend(["--groups".into(), groups.join(",").into()]);
     }
-    let Placement {
-        netns,
-        cgroup_procs,
-    } = enforced.placement();
-    if cgroup_procs.is_some() {
-        init.arg("--cgroup-confined");
+    let Placement { netns, cgroup } = enforced.placement();
+    if cgroup.is_some() {
+        args.push("--cgroup-confined".into());
     }
-    init.arg("--cwd").arg(cwd).arg("--").args(command);
+    args.extend(["--cwd".into(), cwd.into(), "--".into()]);
+    args.extend(command.iter().cloned());
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(OsString::as_os_str).collect();
     let supervisor = getpid();
-    // SAFETY: the closure runs between fork and exec and only makes system calls.
-    unsafe {
-        init.pre_exec(move || {
-            if let Some(fd) = netns {
-                setns(BorrowedFd::borrow_raw(fd), CloneFlags::CLONE_NEWNET)?;
-            }
-            let mut namespaces = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
-            if let Some(fd) = cgroup_procs {
-                // Joined before exec, so every socket the command creates belongs to the
-                // sandbox's cgroup; then a cgroup namespace rooted there, which it cannot leave.
-                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                namespaces |= CloneFlags::CLONE_NEWCGROUP;
-            }
-            unshare(namespaces)?;
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-            if getppid() != supervisor {
-                return Err(std::io::Error::other("sbx exited during start-up"));
-            }
-            Ok(())
-        });
-    }
-    let mut child = init
-        .spawn()
-        .map_err(|e| SysError::new("start the sandbox (sbx __init)", e))?;
-    let child_pid = Pid::from_raw(child.id() as i32);
+    let mut pre_exec = || -> Result<(), Errno> {
+        if let Some(fd) = netns {
+            setns(fd, CloneFlags::CLONE_NEWNET)?;
+        }
+        let mut namespaces = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
+        if cgroup.is_some() {
+            // Born in the sandbox's cgroup (see `spawn`), so every socket the command creates
+            // belongs to it; then a cgroup namespace rooted there, which it cannot leave.
+            namespaces |= CloneFlags::CLONE_NEWCGROUP;
+        }
+        unshare(namespaces)?;
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+        if getppid() != supervisor {
+            // sbx exited during start-up.
+            return Err(Errno::ESRCH);
+        }
+        Ok(())
+    };
+    let child_pid =
+        crate::sys::spawn::spawn("/proc/self/exe".as_ref(), &args, cgroup, &mut pre_exec)
+            .map_err(|e| SysError::new("start the sandbox (sbx __init)", e))?;
     std::thread::Builder::new()
         .name("sbx-signals".into())
         .spawn(move || forward_signals(child_pid))
         .map_err(|e| SysError::new("start the signal thread", e))?;
-    let status = child
-        .wait()
-        .map_err(|e| SysError::new("wait for the sandbox", e))?;
-    use std::os::unix::process::ExitStatusExt;
-    let code = status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(125);
+    let status = loop {
+        match waitpid(child_pid, None) {
+            Err(Errno::EINTR) => continue,
+            other => break other.map_err(|e| SysError::new("wait for the sandbox", e))?,
+        }
+    };
+    let code = match status {
+        WaitStatus::Exited(_, code) => code,
+        WaitStatus::Signaled(_, signal, _) => 128 + signal as i32,
+        _ => 125,
+    };
     Ok((code, dns.map(dns::DnsService::finish).unwrap_or_default()))
 }
 

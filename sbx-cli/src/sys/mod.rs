@@ -3,6 +3,7 @@
 
 pub mod caps;
 pub mod netns;
+pub mod spawn;
 pub mod sysctl;
 
 use std::fmt;

@@ -3,7 +3,7 @@
 //! it, so a killed sbx leaves no namespace behind.
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::sched::{CloneFlags, setns, unshare};
 
@@ -31,6 +31,10 @@ impl NetNs {
 
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     /// Runs `f` on a thread inside the namespace (netlink sockets opened there belong to it).

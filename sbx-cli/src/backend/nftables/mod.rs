@@ -242,10 +242,10 @@ fn table_exists(table: &str) -> Result<bool, SysError> {
 }
 
 impl Enforced for Live {
-    fn placement(&self) -> Placement {
+    fn placement(&self) -> Placement<'_> {
         Placement {
-            netns: Some(self.netns.raw_fd()),
-            cgroup_procs: None,
+            netns: Some(self.netns.as_fd()),
+            cgroup: None,
         }
     }
 
