@@ -50,6 +50,15 @@ pub struct RuleSet {
     pub sources: Vec<Source>,
 }
 
+impl RuleSet {
+    /// Whether an address or block of the policy itself (not a name's answer) is in the set.
+    pub fn has_literal_addresses(&self) -> bool {
+        self.sources
+            .iter()
+            .any(|s| s.name.is_none() && !s.addresses.is_empty())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Source {
     pub entry: String,
@@ -108,20 +117,24 @@ impl Plan {
     /// The allow rule sets with the literal addresses and blocks only. In allowlist mode the
     /// addresses of names are admitted like DNS answers, for their TTL plus the grace period
     /// (see [`Plan::name_answers`]): they follow the answers rather than stay for the run.
+    /// The sets come without their `sources`: what a backend enforces, not where it came from.
     pub fn literal_allow(&self) -> Vec<RuleSet> {
         self.allow
             .iter()
-            .filter_map(|set| {
+            .filter(|set| set.has_literal_addresses())
+            .map(|set| {
                 let literal: Vec<IpNet> = set
                     .sources
                     .iter()
                     .filter(|s| s.name.is_none())
                     .flat_map(|s| s.addresses.iter().copied())
                     .collect();
-                (!literal.is_empty()).then(|| RuleSet {
+                RuleSet {
+                    protocol: set.protocol,
+                    ports: set.ports.clone(),
                     addresses: IpNet::aggregate(&literal),
-                    ..set.clone()
-                })
+                    sources: Vec::new(),
+                }
             })
             .collect()
     }

@@ -16,7 +16,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use aya::maps::{HashMap as BpfHashMap, IterableMap as _, Map, MapData};
 use aya::programs::{
     CgroupAttachMode, CgroupSock, CgroupSockAddr, CgroupSockAddrAttachType, CgroupSockAttachType,
 };
@@ -234,20 +234,21 @@ impl Maps {
 }
 
 /// The rule sets of one verdict as the programs read them: descriptors (protocol, at most
-/// [`MAX_PORT_RANGES`] ranges) and, per address block, the bits of the descriptors that apply.
-/// The trie answers a lookup with the longest matching block only, so a block inside another
-/// also carries the outer block's bits.
-/// The descriptors and address entries of one verdict, and the bits of each of `groups` (the
-/// allowed name rules' protocol and ports, whose addresses come later, from DNS answers).
-struct Encoded {
+/// [`MAX_PORT_RANGES`] ranges), the bits of the descriptors of each rule set of the Plan, and
+/// those of each of `groups` (the allowed name rules' protocol and ports, whose addresses come
+/// later, from DNS answers).
+struct Descriptors {
     descriptors: Vec<RuleSet>,
-    blocks: BTreeMap<IpNet, u64>,
+    set_bits: Vec<u64>,
     group_bits: Vec<u64>,
 }
 
-fn encode(sets: &[PlanRuleSet], groups: &[(Protocol, Ports)]) -> Result<Encoded, String> {
+fn descriptors<'a>(
+    sets: impl IntoIterator<Item = (Protocol, &'a Ports)>,
+    groups: &[(Protocol, Ports)],
+) -> Result<Descriptors, String> {
     let mut descriptors = Vec::new();
-    let mut describe = |protocol: Protocol, ports: &Ports| -> Result<u64, String> {
+    let mut add = |protocol: Protocol, ports: &Ports| -> Result<u64, String> {
         let ranges: Vec<[u16; 2]> = match ports {
             Ports::All => vec![[0, u16::MAX]],
             Ports::Only(ranges) => ranges.iter().map(|r| [r.first, r.last]).collect(),
@@ -276,22 +277,32 @@ fn encode(sets: &[PlanRuleSet], groups: &[(Protocol, Ports)]) -> Result<Encoded,
         }
         Ok(bits)
     };
+    let set_bits = sets
+        .into_iter()
+        .map(|(protocol, ports)| add(protocol, ports))
+        .collect::<Result<Vec<u64>, String>>()?;
+    let group_bits = groups
+        .iter()
+        .map(|(protocol, ports)| add(*protocol, ports))
+        .collect::<Result<Vec<u64>, String>>()?;
+    Ok(Descriptors {
+        descriptors,
+        set_bits,
+        group_bits,
+    })
+}
+
+/// Per address block, the bits of the descriptors that apply. The trie answers a lookup with
+/// the longest matching block only, so a block inside another also carries the outer block's
+/// bits.
+fn blocks(sets: &[PlanRuleSet], set_bits: &[u64]) -> BTreeMap<IpNet, u64> {
     let mut blocks: BTreeMap<IpNet, u64> = BTreeMap::new();
-    for set in sets {
-        let bits = describe(set.protocol, &set.ports)?;
+    for (set, bits) in sets.iter().zip(set_bits) {
         for net in &set.addresses {
             *blocks.entry(*net).or_default() |= bits;
         }
     }
-    let group_bits = groups
-        .iter()
-        .map(|(protocol, ports)| describe(*protocol, ports))
-        .collect::<Result<Vec<u64>, String>>()?;
-    Ok(Encoded {
-        descriptors,
-        blocks: inherit(&blocks),
-        group_bits,
-    })
+    inherit(&blocks)
 }
 
 /// Each block's bits ORed with those of every block containing it. In address order (a block
@@ -340,11 +351,13 @@ fn trie_key6(cgroup: u64, net: &IpNet) -> Option<Key<Addr6Key>> {
 
 pub struct Ebpf;
 
+/// What `fill` wrote, so that teardown removes exactly that: rule set keys, and the address
+/// keys of each trie (allow then deny).
 #[derive(Default)]
 struct Written {
     rule_sets: Vec<RuleSetKey>,
-    v4: Vec<(u32, Key<Addr4Key>)>,
-    v6: Vec<(u32, Key<Addr6Key>)>,
+    v4: [Vec<Key<Addr4Key>>; 2],
+    v6: [Vec<Key<Addr6Key>>; 2],
 }
 
 struct Live {
@@ -356,7 +369,6 @@ struct Live {
     /// The rule-set bits of each group of allowed name rules (`Plan::name_groups`).
     group_bits: Vec<u64>,
     events: Option<Events>,
-    /// What `fill` wrote, so that teardown removes exactly that.
     written: Written,
     /// Open for the life of the sandbox: the command is started in it (see `sys::spawn`).
     cgroup_dir: File,
@@ -371,21 +383,22 @@ impl Backend for Ebpf {
     }
 
     fn refusals(&self, plan: &Plan) -> Vec<String> {
-        let mut refusals = Vec::new();
-        let allow = plan.literal_allow();
-        for (verdict, sets) in [("allow", &allow), ("deny", &plan.deny)] {
-            let groups = if verdict == "allow" {
-                plan.name_groups()
-            } else {
-                Vec::new()
-            };
-            if let Err(why) = encode(sets, &groups) {
-                refusals.push(format!(
+        // What `fill` writes, without the address blocks: only the descriptors can overflow.
+        let literal_allow = plan.allow.iter().filter(|set| set.has_literal_addresses());
+        let allow = descriptors(
+            literal_allow.map(|set| (set.protocol, &set.ports)),
+            &plan.name_groups(),
+        );
+        let deny = descriptors(plan.deny.iter().map(|set| (set.protocol, &set.ports)), &[]);
+        [("allow", allow), ("deny", deny)]
+            .into_iter()
+            .filter_map(|(verdict, described)| {
+                let why = described.err()?;
+                Some(format!(
                     "`{verdict}` has {why}, more than the eBPF backend's maps hold"
-                ));
-            }
-        }
-        refusals
+                ))
+            })
+            .collect()
     }
 
     fn describe(&self, plan: &Plan) -> String {
@@ -516,11 +529,13 @@ impl Live {
                 VERDICT_ALLOW => plan.name_groups(),
                 _ => Vec::new(),
             };
-            let Encoded {
+            let Descriptors {
                 descriptors,
-                blocks,
+                set_bits,
                 group_bits,
-            } = encode(sets, &groups).map_err(|why| SysError::new("encode the policy", why))?;
+            } = descriptors(sets.iter().map(|set| (set.protocol, &set.ports)), &groups)
+                .map_err(|why| SysError::new("encode the policy", why))?;
+            let blocks = blocks(sets, &set_bits);
             if verdict == VERDICT_ALLOW {
                 self.group_bits = group_bits;
             }
@@ -540,20 +555,26 @@ impl Live {
             } else {
                 (&mut maps.deny4, &mut maps.deny6)
             };
+            let (mut keys4, mut bits4, mut keys6, mut bits6) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for (net, bits) in &blocks {
                 if let Some(key) = trie_key4(cgroup, net) {
-                    trie4
-                        .insert(&key, bits, 0)
-                        .step(|| format!("write address entry {net}"))?;
-                    self.written.v4.push((verdict, key));
+                    keys4.push(key);
+                    bits4.push(*bits);
                 }
                 if let Some(key) = trie_key6(cgroup, net) {
-                    trie6
-                        .insert(&key, bits, 0)
-                        .step(|| format!("write address entry {net}"))?;
-                    self.written.v6.push((verdict, key));
+                    keys6.push(key);
+                    bits6.push(*bits);
                 }
             }
+            // Recorded first: a batch that fails half-way has written some of its entries.
+            let slot = verdict as usize;
+            self.written.v4[slot] = keys4;
+            self.written.v6[slot] = keys6;
+            batch::update(trie4.map(), &self.written.v4[slot], &bits4)
+                .step(|| "write the IPv4 address entries".into())?;
+            batch::update(trie6.map(), &self.written.v6[slot], &bits6)
+                .step(|| "write the IPv6 address entries".into())?;
         }
         let policy = Policy {
             dns_ip4: 0,
@@ -694,19 +715,13 @@ impl Enforced for Live {
                 for key in &written.rule_sets {
                     let _ = maps.rule_sets.remove(key);
                 }
-                for (verdict, key) in &written.v4 {
-                    let trie = match *verdict {
-                        VERDICT_ALLOW => &mut maps.allow4,
-                        _ => &mut maps.deny4,
-                    };
-                    let _ = trie.remove(key);
+                let tries4 = [&maps.allow4, &maps.deny4];
+                for (trie, keys) in tries4.into_iter().zip(&written.v4) {
+                    let _ = batch::delete(trie.map(), keys);
                 }
-                for (verdict, key) in &written.v6 {
-                    let trie = match *verdict {
-                        VERDICT_ALLOW => &mut maps.allow6,
-                        _ => &mut maps.deny6,
-                    };
-                    let _ = trie.remove(key);
+                let tries6 = [&maps.allow6, &maps.deny6];
+                for (trie, keys) in tries6.into_iter().zip(&written.v6) {
+                    let _ = batch::delete(trie.map(), keys);
                 }
                 // The command's own listeners: few, and not known in advance.
                 remove_where!(maps.bound, BoundKey, |k: &BoundKey| k.cgroup == cgroup_id);
@@ -966,4 +981,90 @@ pub fn pinned_entries() -> Vec<(&'static str, usize)> {
         ("ANSWERED4", maps.answered4.keys().count()),
         ("ANSWERED6", maps.answered6.keys().count()),
     ]
+}
+
+/// Batch writes and removals (BPF_MAP_UPDATE_BATCH, BPF_MAP_DELETE_BATCH), which aya does not
+/// offer: one system call for a whole policy's address entries instead of one per entry.
+mod batch {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+
+    use aya::maps::MapData;
+
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+    /// The `batch` member of the kernel's `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+
+    fn call(
+        command: libc::c_long,
+        map: &MapData,
+        keys: *const u8,
+        values: *const u8,
+        count: usize,
+    ) -> std::io::Result<()> {
+        if count == 0 {
+            return Ok(());
+        }
+        let mut attr = BatchAttr {
+            keys: keys as u64,
+            values: values as u64,
+            count: u32::try_from(count)
+                .map_err(|_| std::io::Error::from_raw_os_error(libc::E2BIG))?,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` points at `count` keys (and values) of the map's sizes, alive for the
+        // call; the kernel reads them and writes back only `attr.count`.
+        let done = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                command,
+                &raw mut attr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        if done < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Writes `keys[i]` → `values[i]` (same lengths; the types are the map's key and value).
+    pub fn update<K: aya::Pod, V: aya::Pod>(
+        map: &MapData,
+        keys: &[K],
+        values: &[V],
+    ) -> std::io::Result<()> {
+        assert_eq!(keys.len(), values.len(), "a value for every key");
+        call(
+            BPF_MAP_UPDATE_BATCH,
+            map,
+            keys.as_ptr().cast(),
+            values.as_ptr().cast(),
+            keys.len(),
+        )
+    }
+
+    /// Removes `keys`; stops at the first that is not there.
+    pub fn delete<K: aya::Pod>(map: &MapData, keys: &[K]) -> std::io::Result<()> {
+        call(
+            BPF_MAP_DELETE_BATCH,
+            map,
+            keys.as_ptr().cast(),
+            std::ptr::null(),
+            keys.len(),
+        )
+    }
 }
