@@ -8,7 +8,7 @@
 //! name, are also kept as name rules for the DNS service that answers the sandboxed command.
 //! The same inputs give the same plan, byte for byte: everything is sorted.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::diag::Diagnostic;
-use crate::policy::{Mode, OnResolveFailure, Policy, Ports, Protocol, Rule, Target};
+use crate::policy::{Entry, Mode, OnResolveFailure, Origin, Policy, Ports, Protocol, Rule, Target};
 use crate::resolve::{Answer, Failure, Resolver};
 
 #[derive(Debug, Clone, Serialize)]
@@ -59,11 +59,14 @@ impl RuleSet {
     }
 }
 
+/// Kept typed and written out only when shown: a policy can have tens of thousands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Source {
-    pub entry: String,
-    /// `file:line:column`.
-    pub origin: String,
+    #[serde(serialize_with = "as_text")]
+    pub entry: Entry,
+    /// Shown as `file:line:column`.
+    #[serde(serialize_with = "as_text")]
+    pub origin: Origin,
     /// What this entry contributed (for a name: its resolved addresses).
     pub addresses: Vec<IpNet>,
     /// The host name whose answer these addresses are; `None` for literal addresses and blocks.
@@ -278,7 +281,11 @@ fn host_net(ip: IpAddr) -> IpNet {
 }
 
 fn rule_sets(rules: &[Rule], answers: &BTreeMap<String, Result<Answer, Failure>>) -> Vec<RuleSet> {
-    let mut groups: BTreeMap<(Protocol, Ports), RuleSet> = BTreeMap::new();
+    // One set per protocol and ports, found by hash: a policy can have thousands of entries
+    // and as many distinct port lists.
+    let mut index: HashMap<(Protocol, &Ports), usize, foldhash::fast::RandomState> =
+        HashMap::default();
+    let mut sets: Vec<RuleSet> = Vec::new();
     for rule in rules {
         let contributed: Vec<IpNet> = match &rule.entry.target {
             Target::Addr(ip) => vec![host_net(*ip)],
@@ -294,32 +301,35 @@ fn rule_sets(rules: &[Rule], answers: &BTreeMap<String, Result<Answer, Failure>>
         if contributed.is_empty() {
             continue;
         }
-        let key = (rule.entry.protocol, rule.entry.ports.clone());
-        let set = groups.entry(key).or_insert_with(|| RuleSet {
-            protocol: rule.entry.protocol,
-            ports: rule.entry.ports.clone(),
-            addresses: Vec::new(),
-            sources: Vec::new(),
-        });
+        let at = *index
+            .entry((rule.entry.protocol, &rule.entry.ports))
+            .or_insert_with(|| {
+                sets.push(RuleSet {
+                    protocol: rule.entry.protocol,
+                    ports: rule.entry.ports.clone(),
+                    addresses: Vec::new(),
+                    sources: Vec::new(),
+                });
+                sets.len() - 1
+            });
+        let set = &mut sets[at];
         set.addresses.extend(&contributed);
         let name = match &rule.entry.target {
             Target::Host(name) => Some(name.clone()),
             _ => None,
         };
         set.sources.push(Source {
-            entry: rule.entry.to_string(),
-            origin: rule.origin.to_string(),
+            entry: rule.entry.clone(),
+            origin: rule.origin.clone(),
             addresses: contributed,
             name,
         });
     }
-    groups
-        .into_values()
-        .map(|mut set| {
-            set.addresses = IpNet::aggregate(&set.addresses);
-            set
-        })
-        .collect()
+    sets.sort_by(|a, b| (a.protocol, &a.ports).cmp(&(b.protocol, &b.ports)));
+    for set in &mut sets {
+        set.addresses = IpNet::aggregate(&set.addresses);
+    }
+    sets
 }
 
 fn name_rules(policy: &Policy) -> Vec<NameRule> {
@@ -354,6 +364,10 @@ fn duration_as_text<S: serde::Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+fn as_text<T: std::fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
 }
 
 fn ports_as_text<S: serde::Serializer>(ports: &Ports, s: S) -> Result<S::Ok, S::Error> {
@@ -466,9 +480,10 @@ fn render_sets(w: &mut String, title: &str, sets: &[RuleSet]) {
             ports_text(&set.ports),
             addresses.join(", ")
         );
-        let width = set.sources.iter().map(|s| s.entry.len()).max().unwrap_or(0);
-        for source in &set.sources {
-            let _ = writeln!(w, "      {:width$}  {}", source.entry, source.origin);
+        let entries: Vec<String> = set.sources.iter().map(|s| s.entry.to_string()).collect();
+        let width = entries.iter().map(String::len).max().unwrap_or(0);
+        for (entry, source) in entries.iter().zip(&set.sources) {
+            let _ = writeln!(w, "      {entry:width$}  {}", source.origin);
         }
     }
 }

@@ -324,7 +324,9 @@ fn append_unique<T: Clone, K: Eq + std::hash::Hash>(
     if from.is_empty() {
         return;
     }
-    let mut seen: HashSet<&K> = into.iter().map(&key).collect();
+    let mut seen: HashSet<&K, foldhash::fast::RandomState> =
+        HashSet::with_capacity_and_hasher(into.len() + from.len(), Default::default());
+    seen.extend(into.iter().map(&key));
     let fresh: Vec<T> = from
         .iter()
         .filter(|item| seen.insert(key(item)))

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use foldhash::fast::RandomState;
+
 use super::entry::{self, Entry, EntryError, Ports, Protocol};
 use super::yaml::{self, Kind, Node};
 use super::{DnsServer, Mode, OnResolveFailure, Origin, Rule, Sourced};
@@ -328,30 +330,38 @@ impl Reader<'_> {
     }
 
     fn rules(&mut self, list: &str, node: &Node) -> Vec<Rule> {
-        let mut rules: Vec<Rule> = Vec::new();
-        // Entry → index in `rules`, so that policies with thousands of entries stay linear.
-        let mut seen: HashMap<Entry, usize> = HashMap::new();
-        for item in self.list(list, node) {
-            let Some(entry) = self.entry(list, item) else {
-                continue;
-            };
-            if let Some(&first) = seen.get(&entry) {
+        let items = self.list(list, node);
+        let mut rules: Vec<Rule> = Vec::with_capacity(items.len());
+        for item in items {
+            if let Some(entry) = self.entry(list, item) {
+                rules.push(Rule {
+                    entry,
+                    origin: self.origin(item),
+                });
+            }
+        }
+        // A hash of the entries seen (policies hold thousands), each with its first rule.
+        let mut first: HashMap<&Entry, usize, RandomState> =
+            HashMap::with_capacity_and_hasher(rules.len(), RandomState::default());
+        let mut keep = vec![true; rules.len()];
+        for (index, rule) in rules.iter().enumerate() {
+            if let Some(&earlier) = first.get(&rule.entry) {
                 let d = Diagnostic::warning(
                     "duplicate-entry",
-                    format!("`{entry}` is listed twice in `{list}`"),
+                    format!("`{}` is listed twice in `{list}`", rule.entry),
                 )
-                .at(self.file, item.span)
-                .related(self.file, rules[first].origin.span, "first here")
+                .at(self.file, rule.origin.span)
+                .related(self.file, rules[earlier].origin.span, "first here")
                 .help("remove one of them");
                 self.diagnostics.push(d);
-                continue;
+                keep[index] = false;
+            } else {
+                first.insert(&rule.entry, index);
             }
-            seen.insert(entry.clone(), rules.len());
-            rules.push(Rule {
-                entry,
-                origin: self.origin(item),
-            });
         }
+        drop(first);
+        let mut keep = keep.into_iter();
+        rules.retain(|_| keep.next().unwrap_or(true));
         rules
     }
 

@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use serde::Serialize;
+use smallvec::{SmallVec, smallvec};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "value")]
@@ -38,8 +39,9 @@ pub struct PortRange {
 #[serde(rename_all = "lowercase")]
 pub enum Ports {
     All,
-    /// Sorted, non-empty, with overlapping and adjacent ranges merged.
-    Only(Vec<PortRange>),
+    /// Sorted, non-empty, with overlapping and adjacent ranges merged. Inline for the common
+    /// one or two ranges: entries are copied through every stage, by the thousand.
+    Only(SmallVec<[PortRange; 2]>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -75,7 +77,7 @@ impl EntryError {
 impl Ports {
     pub fn normalized(mut ranges: Vec<PortRange>) -> Ports {
         ranges.sort();
-        let mut merged: Vec<PortRange> = Vec::with_capacity(ranges.len());
+        let mut merged: SmallVec<[PortRange; 2]> = SmallVec::with_capacity(ranges.len());
         for r in ranges {
             match merged.last_mut() {
                 Some(last) if u32::from(r.first) <= u32::from(last.last) + 1 => {
@@ -84,7 +86,7 @@ impl Ports {
                 _ => merged.push(r),
             }
         }
-        if merged
+        if merged[..]
             == [PortRange {
                 first: 1,
                 last: 65535,
@@ -538,7 +540,7 @@ impl Entry {
     pub fn tcp_port(target: Target, port: u16) -> Entry {
         Entry {
             target,
-            ports: Ports::Only(vec![PortRange {
+            ports: Ports::Only(smallvec![PortRange {
                 first: port,
                 last: port,
             }]),
@@ -764,7 +766,7 @@ mod tests {
                     last: 443
                 }
             ]),
-            Ports::Only(vec![
+            Ports::Only(smallvec![
                 PortRange {
                     first: 80,
                     last: 100
@@ -806,7 +808,7 @@ mod tests {
             assert_eq!(ok(text).to_string(), text);
         }
         let mut e = ok("ntp.example.net");
-        e.ports = Ports::Only(vec![PortRange {
+        e.ports = Ports::Only(smallvec![PortRange {
             first: 123,
             last: 123,
         }]);
