@@ -166,7 +166,7 @@ pub fn report() -> (String, bool) {
         let _ = writeln!(
             out,
             "  eBPF programs and maps pinned in {} (kept between runs so a sandbox starts in \
-             milliseconds; bounded: 7 programs, 10 maps of fixed maximum size; `sbx gc --all` \
+             milliseconds; bounded: 7 programs, 12 maps of fixed maximum size; `sbx gc --all` \
              removes them): {}",
             pins.display(),
             pinned.join(", ")

@@ -977,7 +977,7 @@ fn an_ebpf_sandbox_leaves_no_map_entries_behind() {
     let dir = Dir::new();
     // Rules, a name resolved at start, a wildcard answered later, a port the command binds, a
     // denial: every kind of entry the programs' maps hold.
-    let network = "mode: allowlist\n  allow: [\"svc.test:8080\", \"*.svc.test:8080\", \"{net4}:9090\"]\n  deny: [\"{v4}:9090\"]";
+    let network = "mode: allowlist\n  allow: [\"svc.test:8080\", \"*.svc.test:8080\", \"{net4}:9090\", \"[{v6}]:8080\"]\n  deny: [\"{v4}:9090\"]";
     let policy = write_policy(&dir, "p.yaml", &fill(network, &host), &dns);
     let server = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/testsrv.py");
     let probe = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/probe.py");
@@ -1000,6 +1000,11 @@ fn an_ebpf_sandbox_leaves_no_map_entries_behind() {
             && text.contains("7001 ok"),
         "{text}"
     );
+    assert_no_map_entries();
+}
+
+/// Every map of the eBPF backend is empty (no sandbox is live).
+fn assert_no_map_entries() {
     let doctor = sbx().arg("doctor").output().unwrap();
     let report = String::from_utf8_lossy(&doctor.stdout);
     let line = report
@@ -1013,6 +1018,8 @@ fn an_ebpf_sandbox_leaves_no_map_entries_behind() {
         "DENY4",
         "ALLOW6",
         "DENY6",
+        "EXACT4",
+        "EXACT6",
         "BOUND",
         "ANSWERED4",
         "ANSWERED6",
@@ -1022,4 +1029,40 @@ fn an_ebpf_sandbox_leaves_no_map_entries_behind() {
             "{map} kept entries: {line}"
         );
     }
+}
+
+#[test]
+fn ebpf_addresses_beyond_the_exact_maps_capacity_are_enforced_through_the_tries() {
+    require_root();
+    let _guard = exclusive();
+    let host = TestHost::start(SERVICES);
+    let dns = DnsServer::start(zone(&host));
+    let dir = Dir::new();
+    // More single addresses than the exact-address map holds (65,536), none adjacent, all
+    // sorting before the test host's, which therefore is among those that spill to the trie.
+    let mut network = String::from("mode: allowlist\n  allow:\n");
+    for i in 0..70_000u32 {
+        let [_, a, b, c] = (0x0a01_0000 + 2 * i).to_be_bytes();
+        network.push_str(&format!("    - 10.{a}.{b}.{c}:8080\n"));
+    }
+    network.push_str(&format!("    - {}:8080\n", host.v4));
+    let policy = write_policy(&dir, "p.yaml", &network, &dns);
+    let probe = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/probe.py");
+    let out = sbx()
+        .args(["apply", "--backend", "ebpf"])
+        .arg(&policy)
+        .args(["--", "python3", probe])
+        .args([
+            format!("tcp:{}:8080", host.v4),
+            format!("tcp:{}:9090", host.v4),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("8080 ok") && text.contains("9090 denied"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_no_map_entries();
 }

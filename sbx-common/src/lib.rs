@@ -76,6 +76,29 @@ pub struct Addr6Key {
     pub addr: [u8; 16],
 }
 
+/// Key of the exact-address maps: one address (not a block) of a sandbox's allow or deny list.
+/// Most entries of large policies are single addresses; a hash map takes them several times
+/// faster than a trie. Blocks, and addresses beyond the map's capacity, go to the tries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exact4Key {
+    pub cgroup: u64,
+    pub addr: [u8; 4],
+    /// [`VERDICT_ALLOW`] or [`VERDICT_DENY`].
+    pub verdict: u8,
+    pub _pad: [u8; 3],
+}
+
+/// As [`Exact4Key`], for IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exact6Key {
+    pub cgroup: u64,
+    pub addr: [u8; 16],
+    pub verdict: u8,
+    pub _pad: [u8; 7],
+}
+
 /// An address answered by sbx's DNS service for an allowed name (keyed by [`Addr4Key`] or
 /// [`Addr6Key`] with the full address): reachable with the rule sets of `bits` until
 /// `expires`, in `CLOCK_MONOTONIC` nanoseconds (what `bpf_ktime_get_ns` reads).
@@ -128,6 +151,8 @@ mod user {
     unsafe impl aya::Pod for RuleSetKey {}
     unsafe impl aya::Pod for Addr4Key {}
     unsafe impl aya::Pod for Addr6Key {}
+    unsafe impl aya::Pod for Exact4Key {}
+    unsafe impl aya::Pod for Exact6Key {}
     unsafe impl aya::Pod for BoundKey {}
     unsafe impl aya::Pod for Answered {}
     unsafe impl aya::Pod for DenyEvent {}

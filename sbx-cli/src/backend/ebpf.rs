@@ -22,9 +22,9 @@ use aya::programs::{
 };
 use ipnet::IpNet;
 use sbx_common::{
-    Addr4Key, Addr6Key, Answered, BoundKey, MAX_PORT_RANGES, MAX_RULE_SETS, MODE_ALLOWLIST,
-    MODE_NONE, MODE_OPEN, PROTO_ANY, PROTO_TCP, PROTO_UDP, Policy, RuleSet, RuleSetKey,
-    VERDICT_ALLOW, VERDICT_DENY,
+    Addr4Key, Addr6Key, Answered, BoundKey, Exact4Key, Exact6Key, MAX_PORT_RANGES, MAX_RULE_SETS,
+    MODE_ALLOWLIST, MODE_NONE, MODE_OPEN, PROTO_ANY, PROTO_TCP, PROTO_UDP, Policy, RuleSet,
+    RuleSetKey, VERDICT_ALLOW, VERDICT_DENY,
 };
 
 use super::{Admit, Backend, Denial, Enforced, Placement};
@@ -46,7 +46,7 @@ const SOCK_PROGRAMS: [(&str, CgroupSockAttachType); 3] = [
     ("post_bind4", CgroupSockAttachType::PostBind4),
     ("post_bind6", CgroupSockAttachType::PostBind6),
 ];
-const MAPS: [&str; 10] = [
+const MAPS: [&str; 12] = [
     "ANSWERED4",
     "ANSWERED6",
     "POLICIES",
@@ -55,6 +55,8 @@ const MAPS: [&str; 10] = [
     "DENY4",
     "ALLOW6",
     "DENY6",
+    "EXACT4",
+    "EXACT6",
     "BOUND",
     "EVENTS",
 ];
@@ -169,6 +171,8 @@ struct Maps {
     deny4: LpmTrie<MapData, Addr4Key, u64>,
     allow6: LpmTrie<MapData, Addr6Key, u64>,
     deny6: LpmTrie<MapData, Addr6Key, u64>,
+    exact4: BpfHashMap<MapData, Exact4Key, u64>,
+    exact6: BpfHashMap<MapData, Exact6Key, u64>,
     bound: BpfHashMap<MapData, BoundKey, u8>,
     answered4: BpfHashMap<MapData, Addr4Key, Answered>,
     answered6: BpfHashMap<MapData, Addr6Key, Answered>,
@@ -204,6 +208,8 @@ impl Maps {
             deny4: typed("DENY4")?,
             allow6: typed("ALLOW6")?,
             deny6: typed("DENY6")?,
+            exact4: typed("EXACT4")?,
+            exact6: typed("EXACT6")?,
             bound: typed("BOUND")?,
             answered4: typed("ANSWERED4")?,
             answered6: typed("ANSWERED6")?,
@@ -212,7 +218,6 @@ impl Maps {
 
     /// Removes every entry of the sandboxes whose cgroup id `dead` says is gone.
     fn purge(&mut self, dead: impl Fn(u64) -> bool) -> Result<(), SysError> {
-        remove_where!(self.policies, u64, |c: &u64| dead(*c));
         remove_where!(self.rule_sets, RuleSetKey, |k: &RuleSetKey| dead(k.cgroup));
         remove_where!(self.allow4, Key<Addr4Key>, |k: &Key<Addr4Key>| dead(
             k.data().cgroup
@@ -226,9 +231,13 @@ impl Maps {
         remove_where!(self.deny6, Key<Addr6Key>, |k: &Key<Addr6Key>| dead(
             k.data().cgroup
         ));
+        remove_where!(self.exact4, Exact4Key, |k: &Exact4Key| dead(k.cgroup));
+        remove_where!(self.exact6, Exact6Key, |k: &Exact6Key| dead(k.cgroup));
         remove_where!(self.bound, BoundKey, |k: &BoundKey| dead(k.cgroup));
         remove_where!(self.answered4, Addr4Key, |k: &Addr4Key| dead(k.cgroup));
         remove_where!(self.answered6, Addr6Key, |k: &Addr6Key| dead(k.cgroup));
+        // Last, as in teardown: a policy entry is what tells that a sandbox left something.
+        remove_where!(self.policies, u64, |c: &u64| dead(*c));
         Ok(())
     }
 }
@@ -351,13 +360,15 @@ fn trie_key6(cgroup: u64, net: &IpNet) -> Option<Key<Addr6Key>> {
 
 pub struct Ebpf;
 
-/// What `fill` wrote, so that teardown removes exactly that: rule set keys, and the address
-/// keys of each trie (allow then deny).
+/// What `fill` wrote, so that teardown removes exactly that: rule set keys, the address keys of
+/// each trie (allow then deny), and the exact-address keys.
 #[derive(Default)]
 struct Written {
     rule_sets: Vec<RuleSetKey>,
     v4: [Vec<Key<Addr4Key>>; 2],
     v6: [Vec<Key<Addr6Key>>; 2],
+    exact4: Vec<Exact4Key>,
+    exact6: Vec<Exact6Key>,
 }
 
 struct Live {
@@ -423,10 +434,15 @@ impl Backend for Ebpf {
         locked: &Locked<'_>,
     ) -> Result<Box<dyn Enforced>, SysError> {
         ensure_loaded()?;
-        // The maps outlive runs: with no other sandbox live, anything in them is a leftover
-        // (of a killed sbx, or an older one) and goes. Empty maps make this a few syscalls.
+        // The maps outlive runs: with no other sandbox live, anything in them is a leftover of a
+        // killed sbx and goes. A sandbox's policy entry is written first and removed last, so
+        // an empty POLICIES means there is nothing else either (and saves scanning the others'
+        // hundreds of thousands of buckets).
         if locked.live_slots()? <= 1 {
-            Maps::open()?.purge(|_| true)?;
+            let mut maps = Maps::open()?;
+            if maps.policies.keys().next().is_some() {
+                maps.purge(|_| true)?;
+            }
         }
         let cgroup = sandbox_cgroup(slot)?;
         std::fs::create_dir_all(&cgroup).step(|| format!("create cgroup {}", cgroup.display()))?;
@@ -522,6 +538,16 @@ impl Live {
         let mut guard = shared.lock().expect("not poisoned");
         let maps = &mut *guard;
         let cgroup = self.cgroup_id;
+        // First, so that whatever else of this sandbox is in the maps, this is too (see setup).
+        let policy = Policy {
+            dns_ip4: 0,
+            dns_port: 0,
+            mode: self.mode,
+            _pad: 0,
+        };
+        maps.policies
+            .insert(cgroup, policy, 0)
+            .step(|| "write the sandbox's policy".into())?;
         // Names' addresses come through the admitter, with their TTLs.
         let allow = plan.literal_allow();
         for (verdict, sets) in [(VERDICT_ALLOW, &allow), (VERDICT_DENY, &plan.deny)] {
@@ -551,40 +577,71 @@ impl Live {
                 self.written.rule_sets.push(key);
             }
             let (trie4, trie6) = if verdict == VERDICT_ALLOW {
-                (&mut maps.allow4, &mut maps.allow6)
+                (&maps.allow4, &maps.allow6)
             } else {
-                (&mut maps.deny4, &mut maps.deny6)
+                (&maps.deny4, &maps.deny6)
             };
-            let (mut keys4, mut bits4, mut keys6, mut bits6) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for (net, bits) in &blocks {
-                if let Some(key) = trie_key4(cgroup, net) {
-                    keys4.push(key);
-                    bits4.push(*bits);
+            let mut exact4: Vec<(Exact4Key, u64)> = Vec::new();
+            let mut exact6: Vec<(Exact6Key, u64)> = Vec::new();
+            let mut in_trie4: Vec<(Key<Addr4Key>, u64)> = Vec::new();
+            let mut in_trie6: Vec<(Key<Addr6Key>, u64)> = Vec::new();
+            for (net, &bits) in &blocks {
+                match net {
+                    IpNet::V4(n) if n.prefix_len() == 32 => exact4.push((
+                        Exact4Key {
+                            cgroup,
+                            addr: n.addr().octets(),
+                            verdict: verdict as u8,
+                            _pad: [0; 3],
+                        },
+                        bits,
+                    )),
+                    IpNet::V6(n) if n.prefix_len() == 128 => exact6.push((
+                        Exact6Key {
+                            cgroup,
+                            addr: n.addr().octets(),
+                            verdict: verdict as u8,
+                            _pad: [0; 7],
+                        },
+                        bits,
+                    )),
+                    _ => {
+                        in_trie4.extend(trie_key4(cgroup, net).map(|k| (k, bits)));
+                        in_trie6.extend(trie_key6(cgroup, net).map(|k| (k, bits)));
+                    }
                 }
-                if let Some(key) = trie_key6(cgroup, net) {
-                    keys6.push(key);
-                    bits6.push(*bits);
-                }
+            }
+            // The exact maps are shared and bounded: what does not fit goes to the tries.
+            let fitted4 = batch::update(maps.exact4.map(), &exact4)
+                .fitted()
+                .step(|| "write the exact IPv4 address entries".into())?;
+            let fitted = exact4[..fitted4].iter().map(|(k, _)| *k);
+            self.written.exact4.extend(fitted);
+            for &(key, bits) in &exact4[fitted4..] {
+                let net = IpNet::from(IpAddr::from(key.addr));
+                in_trie4.extend(trie_key4(cgroup, &net).map(|k| (k, bits)));
+            }
+            let fitted6 = batch::update(maps.exact6.map(), &exact6)
+                .fitted()
+                .step(|| "write the exact IPv6 address entries".into())?;
+            let fitted = exact6[..fitted6].iter().map(|(k, _)| *k);
+            self.written.exact6.extend(fitted);
+            for &(key, bits) in &exact6[fitted6..] {
+                let net = IpNet::from(IpAddr::from(key.addr));
+                in_trie6.extend(trie_key6(cgroup, &net).map(|k| (k, bits)));
             }
             // Recorded first: a batch that fails half-way has written some of its entries.
             let slot = verdict as usize;
-            self.written.v4[slot] = keys4;
-            self.written.v6[slot] = keys6;
-            batch::update(trie4.map(), &self.written.v4[slot], &bits4)
+            self.written.v4[slot] = in_trie4.iter().map(|(k, _)| *k).collect();
+            self.written.v6[slot] = in_trie6.iter().map(|(k, _)| *k).collect();
+            batch::update(trie4.map(), &in_trie4)
+                .ok()
                 .step(|| "write the IPv4 address entries".into())?;
-            batch::update(trie6.map(), &self.written.v6[slot], &bits6)
+            batch::update(trie6.map(), &in_trie6)
+                .ok()
                 .step(|| "write the IPv6 address entries".into())?;
         }
-        let policy = Policy {
-            dns_ip4: 0,
-            dns_port: 0,
-            mode: self.mode,
-            _pad: 0,
-        };
-        maps.policies
-            .insert(cgroup, policy, 0)
-            .step(|| "write the sandbox's policy".into())
+        Ok(())
     }
 
     fn attach(&mut self) -> Result<(), SysError> {
@@ -711,7 +768,6 @@ impl Enforced for Live {
             .lock()
             .map_err(|_| SysError::new("remove the sandbox's map entries", "poisoned"))
             .map(|mut maps| {
-                let _ = maps.policies.remove(&cgroup_id);
                 for key in &written.rule_sets {
                     let _ = maps.rule_sets.remove(key);
                 }
@@ -723,6 +779,8 @@ impl Enforced for Live {
                 for (trie, keys) in tries6.into_iter().zip(&written.v6) {
                     let _ = batch::delete(trie.map(), keys);
                 }
+                let _ = batch::delete(maps.exact4.map(), &written.exact4);
+                let _ = batch::delete(maps.exact6.map(), &written.exact6);
                 // The command's own listeners: few, and not known in advance.
                 remove_where!(maps.bound, BoundKey, |k: &BoundKey| k.cgroup == cgroup_id);
                 // What the DNS gate admitted: at most the per-name cap for each name asked.
@@ -730,6 +788,8 @@ impl Enforced for Live {
                     == cgroup_id);
                 remove_where!(maps.answered6, Addr6Key, |k: &Addr6Key| k.cgroup
                     == cgroup_id);
+                // Last: its absence tells the next sbx that nothing of this sandbox is left.
+                let _ = maps.policies.remove(&cgroup_id);
             });
         removed.and(purged)
     }
@@ -977,6 +1037,8 @@ pub fn pinned_entries() -> Vec<(&'static str, usize)> {
         ("DENY4", maps.deny4.keys().count()),
         ("ALLOW6", maps.allow6.keys().count()),
         ("DENY6", maps.deny6.keys().count()),
+        ("EXACT4", maps.exact4.keys().count()),
+        ("EXACT6", maps.exact6.keys().count()),
         ("BOUND", maps.bound.keys().count()),
         ("ANSWERED4", maps.answered4.keys().count()),
         ("ANSWERED6", maps.answered6.keys().count()),
@@ -1007,27 +1069,50 @@ mod batch {
         flags: u64,
     }
 
+    /// How far a batch got: the kernel stops at the first entry it cannot take.
+    pub struct Outcome {
+        pub done: usize,
+        pub error: Option<std::io::Error>,
+    }
+
+    impl Outcome {
+        pub fn ok(self) -> std::io::Result<()> {
+            self.error.map_or(Ok(()), Err)
+        }
+
+        /// How many entries went in, a full map (E2BIG) being no error to a caller that puts
+        /// the rest elsewhere.
+        pub fn fitted(self) -> std::io::Result<usize> {
+            match self.error {
+                Some(e) if e.raw_os_error() != Some(libc::E2BIG) => Err(e),
+                _ => Ok(self.done),
+            }
+        }
+    }
+
     fn call(
         command: libc::c_long,
         map: &MapData,
         keys: *const u8,
         values: *const u8,
         count: usize,
-    ) -> std::io::Result<()> {
+    ) -> Outcome {
         if count == 0 {
-            return Ok(());
+            return Outcome {
+                done: 0,
+                error: None,
+            };
         }
         let mut attr = BatchAttr {
             keys: keys as u64,
             values: values as u64,
-            count: u32::try_from(count)
-                .map_err(|_| std::io::Error::from_raw_os_error(libc::E2BIG))?,
+            count: u32::try_from(count).unwrap_or(u32::MAX),
             map_fd: map.fd().as_fd().as_raw_fd() as u32,
             ..BatchAttr::default()
         };
         // SAFETY: `attr` points at `count` keys (and values) of the map's sizes, alive for the
         // call; the kernel reads them and writes back only `attr.count`.
-        let done = unsafe {
+        let result = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
                 command,
@@ -1035,19 +1120,22 @@ mod batch {
                 std::mem::size_of::<BatchAttr>(),
             )
         };
-        if done < 0 {
-            return Err(std::io::Error::last_os_error());
+        if result < 0 {
+            Outcome {
+                error: Some(std::io::Error::last_os_error()),
+                done: attr.count as usize,
+            }
+        } else {
+            Outcome {
+                done: count,
+                error: None,
+            }
         }
-        Ok(())
     }
 
-    /// Writes `keys[i]` → `values[i]` (same lengths; the types are the map's key and value).
-    pub fn update<K: aya::Pod, V: aya::Pod>(
-        map: &MapData,
-        keys: &[K],
-        values: &[V],
-    ) -> std::io::Result<()> {
-        assert_eq!(keys.len(), values.len(), "a value for every key");
+    /// Writes `entries` (the map's key and value types), in order.
+    pub fn update<K: aya::Pod, V: aya::Pod>(map: &MapData, entries: &[(K, V)]) -> Outcome {
+        let (keys, values): (Vec<K>, Vec<V>) = entries.iter().copied().unzip();
         call(
             BPF_MAP_UPDATE_BATCH,
             map,
@@ -1066,5 +1154,6 @@ mod batch {
             std::ptr::null(),
             keys.len(),
         )
+        .ok()
     }
 }
