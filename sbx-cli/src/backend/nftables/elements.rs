@@ -2,7 +2,7 @@
 //!
 //! `nft` parses and re-checks every element in userspace: 10,000 addresses cost it about 70 ms,
 //! the kernel well under a tenth of that. So the table (small, fixed size) goes through `nft`,
-//! and the elements of its interval sets through this module, before the command starts.
+//! and the elements of its address sets through this module, before the command starts.
 //!
 //! An interval set holds each range [first, last] as two elements: `first`, and `last + 1`
 //! flagged as the end of an interval (omitted when `last` is the family's highest address).
@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use ipnet::IpNet;
 
+use super::ruleset::SetElements;
 use crate::sys::{Step, SysError};
 
 const NETLINK_NETFILTER: i32 = 12;
@@ -34,6 +35,13 @@ const NLA_F_NESTED: u16 = 1 << 15;
 
 /// Elements per message: keeps each message far below the kernel's limit.
 const ELEMENTS_PER_MESSAGE: usize = 1024;
+
+fn address(net: &IpNet) -> u128 {
+    match net {
+        IpNet::V4(n) => u32::from(n.network()).into(),
+        IpNet::V6(n) => u128::from(n.network()),
+    }
+}
 
 /// Inclusive ranges of addresses of one family, sorted, with touching ranges merged.
 pub fn ranges(nets: &[IpNet]) -> Vec<(u128, u128)> {
@@ -58,8 +66,14 @@ pub fn ranges(nets: &[IpNet]) -> Vec<(u128, u128)> {
     merged
 }
 
-/// Adds `nets` (all of one family) to the interval set `set` of `table`, in one transaction.
-pub fn add(table: &str, set: &str, nets: &[IpNet]) -> Result<(), SysError> {
+/// Adds the addresses of one set of `table` (all of one family), in one transaction: single
+/// addresses to a plain set, blocks as ranges to an interval set.
+pub fn add(table: &str, elements: &SetElements) -> Result<(), SysError> {
+    let SetElements {
+        set,
+        nets,
+        interval,
+    } = elements;
     let Some(first) = nets.first() else {
         return Ok(());
     };
@@ -74,14 +88,18 @@ pub fn add(table: &str, set: &str, nets: &[IpNet]) -> Result<(), SysError> {
     };
     let key = |value: u128| -> Vec<u8> { value.to_be_bytes()[16 - width..].to_vec() };
     let mut elements: Vec<Element> = Vec::new();
-    for (first, last) in ranges(nets) {
-        elements.push(Element::key(key(first)));
-        if last < max {
-            elements.push(Element {
-                interval_end: true,
-                ..Element::key(key(last + 1))
-            });
+    if *interval {
+        for (first, last) in ranges(nets) {
+            elements.push(Element::key(key(first)));
+            if last < max {
+                elements.push(Element {
+                    interval_end: true,
+                    ..Element::key(key(last + 1))
+                });
+            }
         }
+    } else {
+        elements.extend(nets.iter().map(|net| Element::key(key(address(net)))));
     }
     send(table, set, &elements)
         .step(|| format!("add {} addresses to nftables set {table} {set}", nets.len()))

@@ -161,8 +161,8 @@ impl Backend for Nftables {
                 nft(&json, || {
                     format!("apply nftables table {}", ruleset.table())
                 })?;
-                for (set, nets) in ruleset.elements() {
-                    elements::add(ruleset.table(), set, nets)?;
+                for set in ruleset.elements() {
+                    elements::add(ruleset.table(), set)?;
                 }
                 Ok(())
             });
