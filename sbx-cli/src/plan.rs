@@ -126,16 +126,22 @@ impl Plan {
             .iter()
             .filter(|set| set.has_literal_addresses())
             .map(|set| {
-                let literal: Vec<IpNet> = set
-                    .sources
-                    .iter()
-                    .filter(|s| s.name.is_none())
-                    .flat_map(|s| s.addresses.iter().copied())
-                    .collect();
+                // Without names the set's addresses are its literal ones, already aggregated.
+                let addresses = if set.sources.iter().all(|s| s.name.is_none()) {
+                    set.addresses.clone()
+                } else {
+                    let literal: Vec<IpNet> = set
+                        .sources
+                        .iter()
+                        .filter(|s| s.name.is_none())
+                        .flat_map(|s| s.addresses.iter().copied())
+                        .collect();
+                    IpNet::aggregate(&literal)
+                };
                 RuleSet {
                     protocol: set.protocol,
                     ports: set.ports.clone(),
-                    addresses: IpNet::aggregate(&literal),
+                    addresses,
                     sources: Vec::new(),
                 }
             })

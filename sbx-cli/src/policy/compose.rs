@@ -4,7 +4,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use crate::diag::{Diagnostic, FileId, Sources};
 #[derive(Default)]
 pub struct Loader {
     pub sources: Sources,
-    files: HashMap<PathBuf, Rc<Loaded>>,
+    files: HashMap<PathBuf, Arc<Loaded>>,
     extended: HashSet<PathBuf>,
     diagnostics: Vec<Diagnostic>,
 }
@@ -138,7 +137,7 @@ impl Loader {
         composed.into_policy()
     }
 
-    fn load_file(&mut self, canonical: &Path, display: String) -> Option<Rc<Loaded>> {
+    fn load_file(&mut self, canonical: &Path, display: String) -> Option<Arc<Loaded>> {
         if let Some(loaded) = self.files.get(canonical) {
             return Some(loaded.clone());
         }
@@ -159,7 +158,7 @@ impl Loader {
         for d in diagnostics {
             self.push(d);
         }
-        let loaded = Rc::new(Loaded {
+        let loaded = Arc::new(Loaded {
             file,
             path,
             dir: canonical
@@ -179,7 +178,7 @@ impl Loader {
     fn merge(
         &mut self,
         canonical: &Path,
-        loaded: Rc<Loaded>,
+        loaded: Arc<Loaded>,
         chain: &mut Vec<(PathBuf, Arc<str>)>,
         into: &mut Composed,
     ) {
