@@ -61,7 +61,7 @@ pub const VERDICT_DENY: u32 = 1;
 /// Data of an LPM trie key for IPv4 address entries: the cgroup id (always matched whole) then
 /// the address in network order. The trie's prefix length counts bits from the cgroup id on.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Addr4Key {
     pub cgroup: u64,
     pub addr: [u8; 4],
@@ -70,7 +70,7 @@ pub struct Addr4Key {
 
 /// As [`Addr4Key`], for IPv6.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Addr6Key {
     pub cgroup: u64,
     pub addr: [u8; 16],

@@ -176,6 +176,10 @@ struct Maps {
     bound: BpfHashMap<MapData, BoundKey, u8>,
     answered4: BpfHashMap<MapData, Addr4Key, Answered>,
     answered6: BpfHashMap<MapData, Addr6Key, Answered>,
+    /// The keys admitted through this handle (a sandbox's own), so that teardown removes them
+    /// without scanning the maps' buckets.
+    admitted4: std::collections::HashSet<Addr4Key>,
+    admitted6: std::collections::HashSet<Addr6Key>,
 }
 
 /// A pinned map, opened and typed.
@@ -213,7 +217,35 @@ impl Maps {
             bound: typed("BOUND")?,
             answered4: typed("ANSWERED4")?,
             answered6: typed("ANSWERED6")?,
+            admitted4: Default::default(),
+            admitted6: Default::default(),
         })
+    }
+
+    /// Removes what `fill` wrote for `cgroup`, and what the programs and the DNS gate added.
+    fn remove(&mut self, cgroup: u64, written: &Written) {
+        for key in &written.rule_sets {
+            let _ = self.rule_sets.remove(key);
+        }
+        for (trie, keys) in [&self.allow4, &self.deny4].into_iter().zip(&written.v4) {
+            let _ = batch::delete(trie.map(), keys);
+        }
+        for (trie, keys) in [&self.allow6, &self.deny6].into_iter().zip(&written.v6) {
+            let _ = batch::delete(trie.map(), keys);
+        }
+        let _ = batch::delete_spread(self.exact4.map(), &written.exact4);
+        let _ = batch::delete_spread(self.exact6.map(), &written.exact6);
+        // The command's own listeners: few, and not known in advance.
+        remove_where!(self.bound, BoundKey, |k: &BoundKey| k.cgroup == cgroup);
+        // What the DNS gate admitted.
+        for key in std::mem::take(&mut self.admitted4) {
+            let _ = self.answered4.remove(&key);
+        }
+        for key in std::mem::take(&mut self.admitted6) {
+            let _ = self.answered6.remove(&key);
+        }
+        // Last: its absence tells the next sbx that nothing of this sandbox is left.
+        let _ = self.policies.remove(&cgroup);
     }
 
     /// Removes every entry of the sandboxes whose cgroup id `dead` says is gone.
@@ -304,31 +336,36 @@ fn descriptors<'a>(
 /// Per address block, the bits of the descriptors that apply. The trie answers a lookup with
 /// the longest matching block only, so a block inside another also carries the outer block's
 /// bits.
-fn blocks(sets: &[PlanRuleSet], set_bits: &[u64]) -> BTreeMap<IpNet, u64> {
-    let mut blocks: BTreeMap<IpNet, u64> = BTreeMap::new();
-    for (set, bits) in sets.iter().zip(set_bits) {
-        for net in &set.addresses {
-            *blocks.entry(*net).or_default() |= bits;
+fn blocks(sets: &[PlanRuleSet], set_bits: &[u64]) -> Vec<(IpNet, u64)> {
+    let mut blocks: Vec<(IpNet, u64)> = sets
+        .iter()
+        .zip(set_bits)
+        .flat_map(|(set, bits)| set.addresses.iter().map(|net| (*net, *bits)))
+        .collect();
+    blocks.sort_unstable_by_key(|(net, _)| *net);
+    blocks.dedup_by(|(net, bits), (kept, kept_bits)| {
+        let same = net == kept;
+        if same {
+            *kept_bits |= *bits;
         }
-    }
-    inherit(&blocks)
+        same
+    });
+    inherit(&mut blocks);
+    blocks
 }
 
-/// Each block's bits ORed with those of every block containing it. In address order (a block
+/// ORs each block's bits with those of every block containing it. In address order (a block
 /// before the blocks inside it: same network, shorter prefix first) the containers of a block are
 /// exactly the stack of still-open blocks, so one pass does it.
-fn inherit(blocks: &BTreeMap<IpNet, u64>) -> BTreeMap<IpNet, u64> {
+fn inherit(blocks: &mut [(IpNet, u64)]) {
     let mut open: Vec<(IpNet, u64)> = Vec::new();
-    let mut out = BTreeMap::new();
     for (net, bits) in blocks {
-        while open.last().is_some_and(|(outer, _)| !outer.contains(net)) {
+        while open.last().is_some_and(|(outer, _)| !outer.contains(&*net)) {
             open.pop();
         }
-        let total = bits | open.last().map_or(0, |(_, b)| *b);
-        open.push((*net, total));
-        out.insert(*net, total);
+        *bits |= open.last().map_or(0, |(_, b)| *b);
+        open.push((*net, *bits));
     }
-    out
 }
 
 fn trie_key4(cgroup: u64, net: &IpNet) -> Option<Key<Addr4Key>> {
@@ -468,7 +505,21 @@ impl Backend for Ebpf {
             sock_addr: Vec::new(),
             sock: Vec::new(),
         };
-        if let Err(e) = live.fill(plan).and_then(|()| live.attach()) {
+        // Both only write to the kernel, to different objects: one on each core.
+        let (filled, attached) = std::thread::scope(|scope| {
+            let cgroup = live.cgroup.clone();
+            let attaching = scope.spawn(move || attach(&cgroup));
+            let filled = live.fill(plan);
+            (
+                filled,
+                attaching.join().expect("attach thread does not panic"),
+            )
+        });
+        let attached = attached.map(|(sock_addr, sock)| {
+            live.sock_addr = sock_addr;
+            live.sock = sock;
+        });
+        if let Err(e) = filled.and(attached) {
             let _ = Box::new(live).teardown(locked);
             return Err(e);
         }
@@ -499,6 +550,30 @@ impl Backend for Ebpf {
         }
         Ok(())
     }
+}
+
+/// Attaches the pinned programs to `cgroup` through bpf links (closing them detaches).
+fn attach(cgroup: &Path) -> Result<(Vec<CgroupSockAddr>, Vec<CgroupSock>), SysError> {
+    let dir = File::open(cgroup).step(|| format!("open {}", cgroup.display()))?;
+    let mut sock_addr = Vec::new();
+    for (name, kind) in SOCK_ADDR_PROGRAMS {
+        let mut program = CgroupSockAddr::from_pin(pins().join(format!("prog_{name}")), kind)
+            .step(|| format!("open pinned program {name}"))?;
+        program
+            .attach(&dir, CgroupAttachMode::Single)
+            .step(|| format!("attach {name} to {}", cgroup.display()))?;
+        sock_addr.push(program);
+    }
+    let mut sock = Vec::new();
+    for (name, kind) in SOCK_PROGRAMS {
+        let mut program = CgroupSock::from_pin(pins().join(format!("prog_{name}")), kind)
+            .step(|| format!("open pinned program {name}"))?;
+        program
+            .attach(&dir, CgroupAttachMode::Single)
+            .step(|| format!("attach {name} to {}", cgroup.display()))?;
+        sock.push(program);
+    }
+    Ok((sock_addr, sock))
 }
 
 /// The cgroup ids of sandboxes that still have a cgroup.
@@ -585,7 +660,7 @@ impl Live {
             let mut exact6: Vec<(Exact6Key, u64)> = Vec::new();
             let mut in_trie4: Vec<(Key<Addr4Key>, u64)> = Vec::new();
             let mut in_trie6: Vec<(Key<Addr6Key>, u64)> = Vec::new();
-            for (net, &bits) in &blocks {
+            for &(net, bits) in &blocks {
                 match net {
                     IpNet::V4(n) if n.prefix_len() == 32 => exact4.push((
                         Exact4Key {
@@ -606,30 +681,32 @@ impl Live {
                         bits,
                     )),
                     _ => {
-                        in_trie4.extend(trie_key4(cgroup, net).map(|k| (k, bits)));
-                        in_trie6.extend(trie_key6(cgroup, net).map(|k| (k, bits)));
+                        in_trie4.extend(trie_key4(cgroup, &net).map(|k| (k, bits)));
+                        in_trie6.extend(trie_key6(cgroup, &net).map(|k| (k, bits)));
                     }
                 }
             }
             // The exact maps are shared and bounded: what does not fit goes to the tries.
-            let fitted4 = batch::update(maps.exact4.map(), &exact4)
-                .fitted()
-                .step(|| "write the exact IPv4 address entries".into())?;
-            let fitted = exact4[..fitted4].iter().map(|(k, _)| *k);
-            self.written.exact4.extend(fitted);
-            for &(key, bits) in &exact4[fitted4..] {
+            let spread4 = batch::update_spread(maps.exact4.map(), &exact4);
+            self.written.exact4.extend(spread4.written);
+            for (key, bits) in spread4.spilled {
                 let net = IpNet::from(IpAddr::from(key.addr));
                 in_trie4.extend(trie_key4(cgroup, &net).map(|k| (k, bits)));
             }
-            let fitted6 = batch::update(maps.exact6.map(), &exact6)
-                .fitted()
-                .step(|| "write the exact IPv6 address entries".into())?;
-            let fitted = exact6[..fitted6].iter().map(|(k, _)| *k);
-            self.written.exact6.extend(fitted);
-            for &(key, bits) in &exact6[fitted6..] {
+            let spread6 = batch::update_spread(maps.exact6.map(), &exact6);
+            self.written.exact6.extend(spread6.written);
+            for (key, bits) in spread6.spilled {
                 let net = IpNet::from(IpAddr::from(key.addr));
                 in_trie6.extend(trie_key6(cgroup, &net).map(|k| (k, bits)));
             }
+            spread4
+                .error
+                .map_or(Ok(()), Err)
+                .step(|| "write the exact IPv4 address entries".into())?;
+            spread6
+                .error
+                .map_or(Ok(()), Err)
+                .step(|| "write the exact IPv6 address entries".into())?;
             // Recorded first: a batch that fails half-way has written some of its entries.
             let slot = verdict as usize;
             self.written.v4[slot] = in_trie4.iter().map(|(k, _)| *k).collect();
@@ -640,27 +717,6 @@ impl Live {
             batch::update(trie6.map(), &in_trie6)
                 .ok()
                 .step(|| "write the IPv6 address entries".into())?;
-        }
-        Ok(())
-    }
-
-    fn attach(&mut self) -> Result<(), SysError> {
-        let cgroup = &self.cgroup_dir;
-        for (name, kind) in SOCK_ADDR_PROGRAMS {
-            let mut program = CgroupSockAddr::from_pin(pins().join(format!("prog_{name}")), kind)
-                .step(|| format!("open pinned program {name}"))?;
-            program
-                .attach(cgroup, CgroupAttachMode::Single)
-                .step(|| format!("attach {name} to {}", self.cgroup.display()))?;
-            self.sock_addr.push(program);
-        }
-        for (name, kind) in SOCK_PROGRAMS {
-            let mut program = CgroupSock::from_pin(pins().join(format!("prog_{name}")), kind)
-                .step(|| format!("open pinned program {name}"))?;
-            program
-                .attach(cgroup, CgroupAttachMode::Single)
-                .step(|| format!("attach {name} to {}", self.cgroup.display()))?;
-            self.sock.push(program);
         }
         Ok(())
     }
@@ -755,42 +811,27 @@ impl Enforced for Live {
             sock,
             ..
         } = *self;
-        // Dropping the programs closes their links: they detach from the cgroup.
-        drop(sock_addr);
-        drop(sock);
-        drop(cgroup_dir);
-        let removed = remove_cgroup(&cgroup);
-        // The parent goes with its last sandbox (another live one keeps it: then this fails).
-        if let Some(parent) = cgroup.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
-        let purged = maps
-            .lock()
-            .map_err(|_| SysError::new("remove the sandbox's map entries", "poisoned"))
-            .map(|mut maps| {
-                for key in &written.rule_sets {
-                    let _ = maps.rule_sets.remove(key);
-                }
-                let tries4 = [&maps.allow4, &maps.deny4];
-                for (trie, keys) in tries4.into_iter().zip(&written.v4) {
-                    let _ = batch::delete(trie.map(), keys);
-                }
-                let tries6 = [&maps.allow6, &maps.deny6];
-                for (trie, keys) in tries6.into_iter().zip(&written.v6) {
-                    let _ = batch::delete(trie.map(), keys);
-                }
-                let _ = batch::delete(maps.exact4.map(), &written.exact4);
-                let _ = batch::delete(maps.exact6.map(), &written.exact6);
-                // The command's own listeners: few, and not known in advance.
-                remove_where!(maps.bound, BoundKey, |k: &BoundKey| k.cgroup == cgroup_id);
-                // What the DNS gate admitted: at most the per-name cap for each name asked.
-                remove_where!(maps.answered4, Addr4Key, |k: &Addr4Key| k.cgroup
-                    == cgroup_id);
-                remove_where!(maps.answered6, Addr6Key, |k: &Addr6Key| k.cgroup
-                    == cgroup_id);
-                // Last: its absence tells the next sbx that nothing of this sandbox is left.
-                let _ = maps.policies.remove(&cgroup_id);
+        // The map entries go on one core while the cgroup goes on the other.
+        let (removed, purged) = std::thread::scope(|scope| {
+            let purging = scope.spawn(|| {
+                maps.lock()
+                    .map_err(|_| SysError::new("remove the sandbox's map entries", "poisoned"))
+                    .map(|mut maps| maps.remove(cgroup_id, &written))
             });
+            // Dropping the programs closes their links: they detach from the cgroup.
+            drop(sock_addr);
+            drop(sock);
+            drop(cgroup_dir);
+            let removed = remove_cgroup(&cgroup);
+            // The parent goes with its last sandbox (another live one keeps it: then this fails).
+            if let Some(parent) = cgroup.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+            (
+                removed,
+                purging.join().expect("purge thread does not panic"),
+            )
+        });
         removed.and(purged)
     }
 }
@@ -817,7 +858,7 @@ mod tests {
 
     #[test]
     fn blocks_inside_blocks_carry_the_outer_bits() {
-        let blocks: BTreeMap<IpNet, u64> = [
+        let mut blocks: Vec<(IpNet, u64)> = [
             ("10.0.0.0/8", 0b001),
             ("10.1.0.0/16", 0b010),
             ("10.1.2.0/24", 0b100),
@@ -827,7 +868,8 @@ mod tests {
         .into_iter()
         .map(|(n, b)| (n.parse().unwrap(), b))
         .collect();
-        let got: Vec<u64> = inherit(&blocks).into_values().collect();
+        inherit(&mut blocks);
+        let got: Vec<u64> = blocks.into_iter().map(|(_, bits)| bits).collect();
         assert_eq!(got, [0b001, 0b011, 0b111, 0b101, 0b100]);
     }
 }
@@ -1007,6 +1049,7 @@ impl Admit for Admitter {
                     maps.answered4
                         .insert(key, Answered { bits, expires }, 0)
                         .step(|| format!("admit answered address {a}"))?;
+                    maps.admitted4.insert(key);
                 }
                 IpAddr::V6(a) => {
                     let key = Addr6Key {
@@ -1017,6 +1060,7 @@ impl Admit for Admitter {
                     maps.answered6
                         .insert(key, Answered { bits, expires }, 0)
                         .step(|| format!("admit answered address {a}"))?;
+                    maps.admitted6.insert(key);
                 }
             }
         }
@@ -1079,15 +1123,75 @@ mod batch {
         pub fn ok(self) -> std::io::Result<()> {
             self.error.map_or(Ok(()), Err)
         }
+    }
 
-        /// How many entries went in, a full map (E2BIG) being no error to a caller that puts
-        /// the rest elsewhere.
-        pub fn fitted(self) -> std::io::Result<usize> {
-            match self.error {
-                Some(e) if e.raw_os_error() != Some(libc::E2BIG) => Err(e),
-                _ => Ok(self.done),
+    /// Hash map entries written in parts, one per core (a hash map locks per bucket, so the
+    /// parts do not wait on one another): the keys written, the entries a full map (E2BIG)
+    /// did not take, and any other error.
+    pub struct Spread<K, V> {
+        pub written: Vec<K>,
+        pub spilled: Vec<(K, V)>,
+        pub error: Option<std::io::Error>,
+    }
+
+    fn parts() -> usize {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    }
+
+    /// Below this many entries a thread costs more than it saves.
+    const PART: usize = 2048;
+
+    pub fn update_spread<K, V>(map: &MapData, entries: &[(K, V)]) -> Spread<K, V>
+    where
+        K: aya::Pod + Send + Sync,
+        V: aya::Pod + Send + Sync,
+    {
+        let size = entries.len().div_ceil(parts()).max(PART);
+        let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
+            let parts: Vec<_> = entries
+                .chunks(size)
+                .map(|part| scope.spawn(move || update(map, part)))
+                .collect();
+            parts
+                .into_iter()
+                .map(|p| p.join().expect("batch thread does not panic"))
+                .collect()
+        });
+        let mut spread = Spread {
+            written: Vec::with_capacity(entries.len()),
+            spilled: Vec::new(),
+            error: None,
+        };
+        for (part, outcome) in entries.chunks(size).zip(outcomes) {
+            spread
+                .written
+                .extend(part[..outcome.done].iter().map(|(k, _)| *k));
+            match outcome.error {
+                None => {}
+                Some(e) if e.raw_os_error() == Some(libc::E2BIG) => {
+                    spread.spilled.extend_from_slice(&part[outcome.done..]);
+                }
+                Some(e) => spread.error = Some(e),
             }
         }
+        spread
+    }
+
+    /// `delete` in parts, one per core, as `update_spread` writes them.
+    pub fn delete_spread<K: aya::Pod + Send + Sync>(
+        map: &MapData,
+        keys: &[K],
+    ) -> std::io::Result<()> {
+        let size = keys.len().div_ceil(parts()).max(PART);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = keys
+                .chunks(size)
+                .map(|part| scope.spawn(move || delete(map, part)))
+                .collect();
+            parts
+                .into_iter()
+                .try_for_each(|p| p.join().expect("batch thread does not panic"))
+        })
     }
 
     fn call(
