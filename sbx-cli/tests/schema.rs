@@ -13,11 +13,11 @@ fn policies_dir() -> PathBuf {
 }
 
 /// A YAML node as JSON, resolving plain scalars as the YAML 1.2 core schema does.
-fn to_json(node: &Node) -> Value {
+fn to_json(node: &Node<'_>) -> Value {
     match &node.kind {
         _ if node.is_null() => Value::Null,
-        Kind::Scalar { text, plain: false } => Value::String(text.clone()),
-        Kind::Scalar { text, plain: true } => match text.as_str() {
+        Kind::Scalar { text, plain: false } => Value::String(text.to_string()),
+        Kind::Scalar { text, plain: true } => match text.as_ref() {
             "true" => Value::Bool(true),
             "false" => Value::Bool(false),
             _ => text
@@ -28,7 +28,7 @@ fn to_json(node: &Node) -> Value {
                         .map_err(|_| ())
                         .and_then(|f| Number::from_f64(f).map(Value::Number).ok_or(()))
                 })
-                .unwrap_or_else(|_| Value::String(text.clone())),
+                .unwrap_or_else(|_| Value::String(text.to_string())),
         },
         Kind::Seq(items) => Value::Array(items.iter().map(to_json).collect()),
         Kind::Map(entries) => Value::Object(

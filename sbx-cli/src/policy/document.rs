@@ -136,12 +136,12 @@ impl Reader<'_> {
     }
 
     /// The mapping's entries by key; unknown keys are reported with a suggestion.
-    fn mapping<'n>(
+    fn mapping<'n, 's>(
         &mut self,
-        node: &'n Node,
+        node: &'n Node<'s>,
         what: &str,
         known: &[&str],
-    ) -> Vec<(&'n str, &'n Node)> {
+    ) -> Vec<(&'n str, &'n Node<'s>)> {
         let Kind::Map(entries) = &node.kind else {
             self.type_error(what, "a mapping", node);
             return Vec::new();
@@ -191,7 +191,7 @@ impl Reader<'_> {
     }
 
     /// A list; an empty value (`allow:` with nothing under it) counts as an empty list.
-    fn list<'n>(&mut self, what: &str, node: &'n Node) -> &'n [Node] {
+    fn list<'n, 's>(&mut self, what: &str, node: &'n Node<'s>) -> &'n [Node<'s>] {
         match &node.kind {
             Kind::Seq(items) => items,
             _ if node.is_null() => &[],

@@ -197,11 +197,12 @@ pub fn parse_short(text: &str) -> Result<Entry, EntryError> {
     if text.contains('/') {
         return parse_short_cidr_or_path(text);
     }
-    if let Ok(addr) = text.parse::<IpAddr>() {
-        return Ok(Entry::any_port(Target::Addr(addr)));
-    }
-    if text.matches(':').count() > 1 {
-        return Err(unbracketed_ipv6(text));
+    // An IPv6 address has at least two colons; `host:port` has one.
+    if text.bytes().filter(|&b| b == b':').count() > 1 {
+        return match text.parse::<IpAddr>() {
+            Ok(addr) => Ok(Entry::any_port(Target::Addr(addr))),
+            Err(_) => Err(unbracketed_ipv6(text)),
+        };
     }
     let (host, port) = match text.split_once(':') {
         Some((host, port)) => (host, Some(parse_single_port(port)?)),

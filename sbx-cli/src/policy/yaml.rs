@@ -4,35 +4,38 @@
 //! tree rather than saphyr's loader because policy diagnostics need a span on every key and
 //! value, and a duplicate key (two `allow:` blocks) must be reported, not silently overwritten.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span as YamlSpan};
 
 use crate::diag::{Pos, Span};
 
+/// A node of a document, borrowing its text from the source where it can (a policy of 10,000
+/// entries is 10,000 scalars).
 #[derive(Debug, Clone)]
-pub struct Node {
+pub struct Node<'a> {
     pub span: Span,
-    pub kind: Kind,
+    pub kind: Kind<'a>,
 }
 
 #[derive(Debug, Clone)]
-pub enum Kind {
+pub enum Kind<'a> {
     /// Scalars stay text: the policy stage decides what a value means. `plain` tells an
     /// unquoted `80` (a number) from a quoted `"80"` (a string), as the YAML core schema does.
     Scalar {
-        text: String,
+        text: Cow<'a, str>,
         plain: bool,
     },
-    Seq(Vec<Node>),
-    Map(Vec<(Node, Node)>),
+    Seq(Vec<Node<'a>>),
+    Map(Vec<(Node<'a>, Node<'a>)>),
 }
 
-impl Node {
+impl Node<'_> {
     /// A plain `~`, `null` or empty value.
     pub fn is_null(&self) -> bool {
         matches!(&self.kind, Kind::Scalar { text, plain: true }
-            if matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL"))
+            if matches!(text.as_ref(), "" | "~" | "null" | "Null" | "NULL"))
     }
 
     pub fn as_str(&self) -> Option<&str> {
@@ -48,7 +51,7 @@ impl Node {
             _ if self.is_null() => "an empty value",
             Kind::Scalar { plain: false, .. } => "a string",
             Kind::Scalar { text, .. } if text.parse::<i64>().is_ok() => "a number",
-            Kind::Scalar { text, .. } if matches!(text.as_str(), "true" | "false") => "a boolean",
+            Kind::Scalar { text, .. } if matches!(text.as_ref(), "true" | "false") => "a boolean",
             Kind::Scalar { .. } => "a string",
             Kind::Seq(_) => "a list",
             Kind::Map(_) => "a mapping",
@@ -71,13 +74,13 @@ pub struct DuplicateKey {
 }
 
 #[derive(Debug)]
-pub struct Document {
+pub struct Document<'a> {
     /// `None` for an empty file.
-    pub root: Option<Node>,
+    pub root: Option<Node<'a>>,
     pub duplicate_keys: Vec<DuplicateKey>,
 }
 
-pub fn parse(text: &str) -> Result<Document, SyntaxError> {
+pub fn parse(text: &str) -> Result<Document<'_>, SyntaxError> {
     let mut builder = Builder {
         events: Parser::new_from_str(text),
         lines: LineIndex::new(text),
@@ -94,7 +97,7 @@ pub fn parse(text: &str) -> Result<Document, SyntaxError> {
 struct Builder<'a> {
     events: Parser<'a, saphyr_parser::StrInput<'a>>,
     lines: LineIndex<'a>,
-    anchors: HashMap<usize, Node>,
+    anchors: HashMap<usize, Node<'a>>,
     duplicate_keys: Vec<DuplicateKey>,
 }
 
@@ -119,7 +122,7 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn document(&mut self) -> Result<Option<Node>, SyntaxError> {
+    fn document(&mut self) -> Result<Option<Node<'a>>, SyntaxError> {
         let mut root = None;
         loop {
             let (event, span) = self.next()?;
@@ -142,17 +145,14 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn node(&mut self, event: Event<'a>, span: Span) -> Result<Node, SyntaxError> {
+    fn node(&mut self, event: Event<'a>, span: Span) -> Result<Node<'a>, SyntaxError> {
         let (node, anchor) = match event {
             Event::Scalar(text, style, anchor, tag) => {
                 // `!!str 80` is the string "80"; every other tag is left to the policy checks,
                 // which see the text.
                 let forced_string = tag.is_some_and(|t| t.suffix == "str");
                 let plain = style == ScalarStyle::Plain && !forced_string;
-                let kind = Kind::Scalar {
-                    text: text.into_owned(),
-                    plain,
-                };
+                let kind = Kind::Scalar { text, plain };
                 (Node { span, kind }, anchor)
             }
             Event::SequenceStart(anchor, _) => {
@@ -178,7 +178,7 @@ impl<'a> Builder<'a> {
                 )
             }
             Event::MappingStart(anchor, _) => {
-                let mut entries: Vec<(Node, Node)> = Vec::new();
+                let mut entries: Vec<(Node<'a>, Node<'a>)> = Vec::new();
                 let end = loop {
                     let (event, key_span) = self.next()?;
                     if matches!(event, Event::MappingEnd) {
