@@ -291,7 +291,22 @@ fn rule_sets(rules: &[Rule], answers: &BTreeMap<String, Result<Answer, Failure>>
     // and as many distinct port lists.
     let mut index: HashMap<(Protocol, &Ports), usize, foldhash::fast::RandomState> =
         HashMap::default();
-    let mut sets: Vec<RuleSet> = Vec::new();
+    // Counted first, so that each set's sources are allocated once (10,000 of them, copied
+    // over and over as a Vec grows, were a third of this stage).
+    let mut counts: Vec<usize> = Vec::new();
+    for rule in rules {
+        let next = counts.len();
+        let at = *index
+            .entry((rule.entry.protocol, &rule.entry.ports))
+            .or_insert(next);
+        if at == next {
+            counts.push(0);
+        }
+        counts[at] += 1;
+    }
+    // A set appears once an entry contributes addresses to it (wildcards and unresolved names
+    // do not).
+    let mut sets: Vec<Option<RuleSet>> = counts.iter().map(|_| None).collect();
     for rule in rules {
         let contributed: Vec<IpNet> = match &rule.entry.target {
             Target::Addr(ip) => vec![host_net(*ip)],
@@ -307,18 +322,13 @@ fn rule_sets(rules: &[Rule], answers: &BTreeMap<String, Result<Answer, Failure>>
         if contributed.is_empty() {
             continue;
         }
-        let at = *index
-            .entry((rule.entry.protocol, &rule.entry.ports))
-            .or_insert_with(|| {
-                sets.push(RuleSet {
-                    protocol: rule.entry.protocol,
-                    ports: rule.entry.ports.clone(),
-                    addresses: Vec::new(),
-                    sources: Vec::new(),
-                });
-                sets.len() - 1
-            });
-        let set = &mut sets[at];
+        let at = index[&(rule.entry.protocol, &rule.entry.ports)];
+        let set = sets[at].get_or_insert_with(|| RuleSet {
+            protocol: rule.entry.protocol,
+            ports: rule.entry.ports.clone(),
+            addresses: Vec::with_capacity(counts[at]),
+            sources: Vec::with_capacity(counts[at]),
+        });
         set.addresses.extend(&contributed);
         let name = match &rule.entry.target {
             Target::Host(name) => Some(name.clone()),
@@ -331,6 +341,7 @@ fn rule_sets(rules: &[Rule], answers: &BTreeMap<String, Result<Answer, Failure>>
             name,
         });
     }
+    let mut sets: Vec<RuleSet> = sets.into_iter().flatten().collect();
     sets.sort_by(|a, b| (a.protocol, &a.ports).cmp(&(b.protocol, &b.ports)));
     for set in &mut sets {
         set.addresses = IpNet::aggregate(&set.addresses);
