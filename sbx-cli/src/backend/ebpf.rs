@@ -1147,16 +1147,7 @@ mod batch {
         V: aya::Pod + Send + Sync,
     {
         let size = entries.len().div_ceil(parts()).max(PART);
-        let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
-            let parts: Vec<_> = entries
-                .chunks(size)
-                .map(|part| scope.spawn(move || update(map, part)))
-                .collect();
-            parts
-                .into_iter()
-                .map(|p| p.join().expect("batch thread does not panic"))
-                .collect()
-        });
+        let outcomes: Vec<Outcome> = on_cores(entries, size, |part| update(map, part));
         let mut spread = Spread {
             written: Vec::with_capacity(entries.len()),
             spilled: Vec::new(),
@@ -1183,14 +1174,31 @@ mod batch {
         keys: &[K],
     ) -> std::io::Result<()> {
         let size = keys.len().div_ceil(parts()).max(PART);
+        on_cores(keys, size, |part| delete(map, part))
+            .into_iter()
+            .collect()
+    }
+
+    /// `work` on each `size` part of `items`, the first on this thread and the others each on
+    /// a thread of its own; the results in order.
+    fn on_cores<T: Sync, R: Send>(
+        items: &[T],
+        size: usize,
+        work: impl Fn(&[T]) -> R + Sync,
+    ) -> Vec<R> {
+        let mut parts = items.chunks(size.max(1));
+        let Some(first) = parts.next() else {
+            return Vec::new();
+        };
         std::thread::scope(|scope| {
-            let parts: Vec<_> = keys
-                .chunks(size)
-                .map(|part| scope.spawn(move || delete(map, part)))
-                .collect();
-            parts
-                .into_iter()
-                .try_for_each(|p| p.join().expect("batch thread does not panic"))
+            let others: Vec<_> = parts.map(|part| scope.spawn(|| work(part))).collect();
+            let mut results = vec![work(first)];
+            results.extend(
+                others
+                    .into_iter()
+                    .map(|p| p.join().expect("batch thread does not panic")),
+            );
+            results
         })
     }
 
