@@ -242,8 +242,8 @@ impl Loader {
         if let Some(mode) = &doc.mode {
             into.mode = Some(mode.clone());
         }
-        append_unique(&mut into.allow, &doc.allow, |r| &r.entry);
-        append_unique(&mut into.deny, &doc.deny, |r| &r.entry);
+        append_rules(&mut into.allow, &doc.allow);
+        append_rules(&mut into.deny, &doc.deny);
         append_unique(&mut into.dns_servers, &doc.dns_servers, |s| &s.value);
         into.dns_timeout = doc.dns_timeout.or(into.dns_timeout);
         into.dns_grace = doc.dns_grace.or(into.dns_grace);
@@ -312,6 +312,16 @@ impl Composed {
             dns,
             files: self.files,
         })
+    }
+}
+
+/// `append_unique` for rules, which a document holds without duplicates already (see
+/// `document`): the first document's need no hashing.
+fn append_rules(into: &mut Vec<Rule>, from: &[Rule]) {
+    if into.is_empty() {
+        into.extend_from_slice(from);
+    } else {
+        append_unique(into, from, |r| &r.entry);
     }
 }
 
