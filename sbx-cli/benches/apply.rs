@@ -13,7 +13,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-const RUNS: usize = 21;
+/// Runs per start-up figure: the nftables backend's teardown waits on the kernel for 20-60 ms,
+/// so fewer runs give medians that move by several milliseconds between invocations.
+const RUNS: usize = 41;
 const BACKENDS: [&str; 2] = ["nftables", "ebpf"];
 /// This benchmark runs parts of itself inside sandboxes and test hosts; the part is named here.
 const ROLE: &str = "SBX_BENCH_ROLE";
