@@ -846,6 +846,33 @@ fn gc_all_removes_the_pinned_ebpf_state_and_the_next_run_loads_it_again() {
 }
 
 #[test]
+fn pins_of_another_sbx_build_go_when_no_sandbox_is_live() {
+    require_root();
+    let _guard = exclusive();
+    let dir = Dir::new();
+    let policy = deny_all(&dir);
+    let run = || {
+        sbx()
+            .args(["apply", "--backend", "ebpf"])
+            .arg(&policy)
+            .args(["--", "true"])
+            .status()
+            .unwrap()
+    };
+    assert!(run().success());
+    // What an upgrade leaves: the pins of the previous build, under its own object hash.
+    let old = std::path::Path::new("/run/sbx/bpf/0000000000000000");
+    std::fs::create_dir(old).unwrap();
+    assert!(run().success());
+    assert!(!old.exists(), "the other build's pins are still there");
+    let builds = std::fs::read_dir("/run/sbx/bpf")
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_dir())
+        .count();
+    assert_eq!(builds, 1, "one build's pins remain");
+}
+
+#[test]
 fn ebpf_denials_are_reported_each_to_its_own_sandbox() {
     require_root();
     let _guard = exclusive();

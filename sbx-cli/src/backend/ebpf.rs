@@ -157,6 +157,21 @@ fn ensure_loaded() -> Result<(), SysError> {
     Ok(())
 }
 
+/// Removes the pins of other builds of sbx (an upgrade leaves the old ones, and their maps hold
+/// kernel memory). Only when no sandbox is live: one of an older sbx may be using them.
+fn remove_other_versions() {
+    let ours = pins();
+    let Ok(entries) = std::fs::read_dir(bpf_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path != ours && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
 fn pinned_map(name: &str) -> Result<Map, SysError> {
     let data = MapData::from_pin(pins().join(format!("map_{name}")))
         .step(|| format!("open pinned map {name}"))?;
@@ -476,6 +491,7 @@ impl Backend for Ebpf {
         // an empty POLICIES means there is nothing else either (and saves scanning the others'
         // hundreds of thousands of buckets).
         if locked.live_slots()? <= 1 {
+            remove_other_versions();
             let mut maps = Maps::open()?;
             if maps.policies.keys().next().is_some() {
                 maps.purge(|_| true)?;
