@@ -799,6 +799,16 @@ fn bypass_attempts_fail(backend: &str) {
     assert_eq!(host_state(), before);
 }
 
+/// `sbx apply --backend ebpf POLICY -- true`.
+fn true_on_ebpf(policy: &std::path::Path) -> std::process::ExitStatus {
+    sbx()
+        .args(["apply", "--backend", "ebpf"])
+        .arg(policy)
+        .args(["--", "true"])
+        .status()
+        .unwrap()
+}
+
 #[test]
 fn gc_all_removes_the_pinned_ebpf_state_and_the_next_run_loads_it_again() {
     require_root();
@@ -811,14 +821,7 @@ fn gc_all_removes_the_pinned_ebpf_state_and_the_next_run_loads_it_again() {
             .lines()
             .any(|l| l.split(' ').nth(4) == Some("/run/sbx/bpf"))
     };
-    let run = || {
-        sbx()
-            .args(["apply", "--backend", "ebpf"])
-            .arg(&policy)
-            .args(["--", "true"])
-            .status()
-            .unwrap()
-    };
+    let run = || true_on_ebpf(&policy);
     assert!(run().success());
     assert!(
         pinned(),
@@ -851,14 +854,7 @@ fn pins_of_another_sbx_build_go_when_no_sandbox_is_live() {
     let _guard = exclusive();
     let dir = Dir::new();
     let policy = deny_all(&dir);
-    let run = || {
-        sbx()
-            .args(["apply", "--backend", "ebpf"])
-            .arg(&policy)
-            .args(["--", "true"])
-            .status()
-            .unwrap()
-    };
+    let run = || true_on_ebpf(&policy);
     assert!(run().success());
     // What an upgrade leaves: the pins of the previous build, under its own object hash.
     let old = std::path::Path::new("/run/sbx/bpf/0000000000000000");

@@ -89,6 +89,17 @@ pub struct Exact4Key {
     pub _pad: [u8; 3],
 }
 
+impl Exact4Key {
+    pub const fn new(cgroup: u64, verdict: u32, addr: [u8; 4]) -> Self {
+        Exact4Key {
+            cgroup,
+            addr,
+            verdict: verdict as u8,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// As [`Exact4Key`], for IPv6.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +108,17 @@ pub struct Exact6Key {
     pub addr: [u8; 16],
     pub verdict: u8,
     pub _pad: [u8; 7],
+}
+
+impl Exact6Key {
+    pub const fn new(cgroup: u64, verdict: u32, addr: [u8; 16]) -> Self {
+        Exact6Key {
+            cgroup,
+            addr,
+            verdict: verdict as u8,
+            _pad: [0; 7],
+        }
+    }
 }
 
 /// An address answered by sbx's DNS service for an allowed name (keyed by [`Addr4Key`] or

@@ -571,25 +571,26 @@ impl Backend for Ebpf {
 /// Attaches the pinned programs to `cgroup` through bpf links (closing them detaches).
 fn attach(cgroup: &Path) -> Result<(Vec<CgroupSockAddr>, Vec<CgroupSock>), SysError> {
     let dir = File::open(cgroup).step(|| format!("open {}", cgroup.display()))?;
-    let mut sock_addr = Vec::new();
-    for (name, kind) in SOCK_ADDR_PROGRAMS {
-        let mut program = CgroupSockAddr::from_pin(pins().join(format!("prog_{name}")), kind)
-            .step(|| format!("open pinned program {name}"))?;
-        program
-            .attach(&dir, CgroupAttachMode::Single)
-            .step(|| format!("attach {name} to {}", cgroup.display()))?;
-        sock_addr.push(program);
+    // Opens and attaches each pinned program of a list, as the aya type its hook takes.
+    macro_rules! attach_all {
+        ($kind:ident, $programs:expr) => {
+            $programs
+                .into_iter()
+                .map(|(name, hook)| {
+                    let mut program = $kind::from_pin(pins().join(format!("prog_{name}")), hook)
+                        .step(|| format!("open pinned program {name}"))?;
+                    program
+                        .attach(&dir, CgroupAttachMode::Single)
+                        .step(|| format!("attach {name} to {}", cgroup.display()))?;
+                    Ok(program)
+                })
+                .collect::<Result<Vec<$kind>, SysError>>()
+        };
     }
-    let mut sock = Vec::new();
-    for (name, kind) in SOCK_PROGRAMS {
-        let mut program = CgroupSock::from_pin(pins().join(format!("prog_{name}")), kind)
-            .step(|| format!("open pinned program {name}"))?;
-        program
-            .attach(&dir, CgroupAttachMode::Single)
-            .step(|| format!("attach {name} to {}", cgroup.display()))?;
-        sock.push(program);
-    }
-    Ok((sock_addr, sock))
+    Ok((
+        attach_all!(CgroupSockAddr, SOCK_ADDR_PROGRAMS)?,
+        attach_all!(CgroupSock, SOCK_PROGRAMS)?,
+    ))
 }
 
 /// The cgroup ids of sandboxes that still have a cgroup.
@@ -678,24 +679,14 @@ impl Live {
             let mut in_trie6: Vec<(Key<Addr6Key>, u64)> = Vec::new();
             for &(net, bits) in &blocks {
                 match net {
-                    IpNet::V4(n) if n.prefix_len() == 32 => exact4.push((
-                        Exact4Key {
-                            cgroup,
-                            addr: n.addr().octets(),
-                            verdict: verdict as u8,
-                            _pad: [0; 3],
-                        },
-                        bits,
-                    )),
-                    IpNet::V6(n) if n.prefix_len() == 128 => exact6.push((
-                        Exact6Key {
-                            cgroup,
-                            addr: n.addr().octets(),
-                            verdict: verdict as u8,
-                            _pad: [0; 7],
-                        },
-                        bits,
-                    )),
+                    IpNet::V4(n) if n.prefix_len() == 32 => {
+                        let key = Exact4Key::new(cgroup, verdict, n.addr().octets());
+                        exact4.push((key, bits));
+                    }
+                    IpNet::V6(n) if n.prefix_len() == 128 => {
+                        let key = Exact6Key::new(cgroup, verdict, n.addr().octets());
+                        exact6.push((key, bits));
+                    }
                     _ => {
                         in_trie4.extend(trie_key4(cgroup, &net).map(|k| (k, bits)));
                         in_trie6.extend(trie_key6(cgroup, &net).map(|k| (k, bits)));
