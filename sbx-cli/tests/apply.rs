@@ -738,7 +738,68 @@ crate::on_both_backends!(
     gc_leaves_live_sandboxes_alone,
     a_denied_tcp_connect_is_refused_at_once_not_timed_out,
     bypass_attempts_fail,
+    denials_are_summed_up_and_written_as_events,
 );
+
+/// Every refused connection, TCP and UDP, is in the summary on stderr and in `--events`, with
+/// its destination: on both backends (only eBPF knows the process behind it).
+fn denials_are_summed_up_and_written_as_events(backend: &str) {
+    require_root();
+    let _guard = exclusive();
+    let host = TestHost::start(SERVICES);
+    let dns = DnsServer::start(Zone::new());
+    let dir = Dir::new();
+    let policy = write_policy(
+        &dir,
+        "p.yaml",
+        &fill("mode: allowlist\n  allow: [\"{v4}:8080\"]", &host),
+        &dns,
+    );
+    let events = dir.path().join("events.jsonl");
+    let probe = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/probe.py");
+    let v4 = &host.v4;
+    let out = sbx()
+        .args(["apply", "--backend", backend, "--events"])
+        .arg(&events)
+        .arg(&policy)
+        .args(["--", "python3", probe])
+        .args([
+            format!("tcp:{v4}:8080"),
+            format!("tcp:{v4}:9090"),
+            format!("tcp:{v4}:9090"),
+        ])
+        .arg(format!("udp:{v4}:5353"))
+        .output()
+        .unwrap();
+    let probed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(probed.matches(" denied ").count(), 3, "{probed}");
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        summary.contains("sbx: denied 3 times:")
+            && summary.contains(&format!("{v4}:9090/tcp"))
+            && summary.contains(&format!("{v4}:5353/udp")),
+        "{summary}"
+    );
+    let mut got: Vec<(String, u64, u64)> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|e| {
+            (
+                e["destination"].as_str().unwrap().to_string(),
+                e["port"].as_u64().unwrap(),
+                e["protocol"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    let want = [
+        (v4.clone(), 5353, 17),
+        (v4.clone(), 9090, 6),
+        (v4.clone(), 9090, 6),
+    ];
+    assert_eq!(got, want);
+}
 
 /// The ways around a connect hook issue 5 names, against a policy that allows TCP 8080 and UDP
 /// 5353 of a test host and nothing else of it.

@@ -180,7 +180,7 @@ fn pad(buf: &mut Vec<u8>) {
 }
 
 /// Appends a netlink message header whose length is patched by `finish_message`.
-fn start_message(
+pub(super) fn start_message(
     buf: &mut Vec<u8>,
     kind: u16,
     flags: u16,
@@ -201,12 +201,12 @@ fn start_message(
     start
 }
 
-fn finish_message(buf: &mut [u8], start: usize) {
+pub(super) fn finish_message(buf: &mut [u8], start: usize) {
     let len = (buf.len() - start) as u32;
     buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
 }
 
-fn attribute(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+pub(super) fn attribute(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     push_u16(buf, (4 + payload.len()) as u16);
     push_u16(buf, kind);
     buf.extend_from_slice(payload);
@@ -277,10 +277,16 @@ fn new_set_elements(buf: &mut Vec<u8>, seq: u32, table: &str, set: &str, element
     finish_message(buf, start);
 }
 
-struct Socket(OwnedFd);
+pub(super) struct Socket(OwnedFd);
+
+impl std::os::fd::AsFd for Socket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.0)
+    }
+}
 
 impl Socket {
-    fn open() -> Result<Socket, SysError> {
+    pub(super) fn open() -> Result<Socket, SysError> {
         // SAFETY: plain socket(2); the descriptor is owned below.
         let fd = unsafe {
             libc::socket(
@@ -299,7 +305,7 @@ impl Socket {
         Ok(Socket(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
-    fn send(&self, batch: &[u8]) -> io::Result<()> {
+    pub(super) fn send(&self, batch: &[u8]) -> io::Result<()> {
         // The kernel takes the whole batch in one message; a large one needs a larger buffer.
         let size = i32::try_from(batch.len() * 2).unwrap_or(i32::MAX);
         // SAFETY: setsockopt with a valid int; failure just leaves the default size.
@@ -332,8 +338,25 @@ impl Socket {
         }
     }
 
+    /// One datagram (a batch of messages) if one is queued; `WouldBlock` when none is.
+    pub(super) fn receive_queued(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: reading into a buffer of the length given.
+        let n = unsafe {
+            libc::recv(
+                self.0.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
     /// Reads `expected` acknowledgements; the first error among them is returned.
-    fn acknowledgements(&self, expected: usize) -> io::Result<()> {
+    pub(super) fn acknowledgements(&self, expected: usize) -> io::Result<()> {
         let mut buf = vec![0u8; 64 * 1024];
         let mut seen = 0;
         while seen < expected {

@@ -2,6 +2,7 @@
 //! policy in an nftables table on the host side, out of the command's reach.
 
 mod elements;
+mod log;
 pub mod net;
 pub mod ruleset;
 
@@ -23,6 +24,8 @@ pub struct Nftables;
 struct Live {
     netns: NetNs,
     allowlist: bool,
+    /// The refused packets, read from the table's NFLOG group (`None` in mode `none`).
+    log: Option<log::DenialLog>,
     /// `None` in mode `none`: the namespace has no link at all.
     layout: Option<Layout>,
     table: Option<String>,
@@ -140,6 +143,7 @@ impl Backend for Nftables {
             return Ok(Box::new(Live {
                 netns,
                 allowlist: false,
+                log: None,
                 layout: None,
                 table: None,
             }));
@@ -156,7 +160,7 @@ impl Backend for Nftables {
         let ruleset = Ruleset::build(plan, &layout);
         let json = ruleset.structure();
         // The ruleset names the link, it does not need it to exist: both go in at once.
-        let (linked, applied) = std::thread::scope(|scope| {
+        let (linked, applied, log) = std::thread::scope(|scope| {
             let applying = scope.spawn(|| {
                 nft(&json, || {
                     format!("apply nftables table {}", ruleset.table())
@@ -166,22 +170,33 @@ impl Backend for Nftables {
                 }
                 Ok(())
             });
+            let logging = scope.spawn(|| log::DenialLog::start(log::group(slot)));
             let linked = rt.block_on(net::create(&handle, &layout, &netns));
-            (linked, applying.join().expect("nft thread does not panic"))
+            (
+                linked,
+                applying.join().expect("nft thread does not panic"),
+                logging.join().expect("log thread does not panic"),
+            )
         });
         connection.abort();
         let local = match (&linked, &applied, ruleset::inside(plan, &layout)) {
             (Ok(()), Ok(()), Some(inside)) => reach_host_loopback(&netns, &layout, &inside),
             _ => Ok(()),
         };
+        let (log, logging) = match log {
+            Ok(log) => (Some(log), Ok(())),
+            Err(e) => (None, Err(e)),
+        };
         let live = Live {
             netns,
             allowlist: plan.mode == Mode::Allowlist,
+            log,
             layout: Some(layout),
             table: applied.is_ok().then(|| ruleset.table().to_string()),
         };
         if let Err(e) = linked
             .and(applied)
+            .and(logging)
             .and(local)
             .and_then(|()| locked.enable_forwarding())
         {
@@ -242,6 +257,13 @@ fn table_exists(table: &str) -> Result<bool, SysError> {
 }
 
 impl Enforced for Live {
+    fn denials(&mut self) -> Vec<crate::backend::Denial> {
+        self.log
+            .take()
+            .map(log::DenialLog::finish)
+            .unwrap_or_default()
+    }
+
     fn placement(&self) -> Placement<'_> {
         Placement {
             netns: Some(self.netns.as_fd()),

@@ -8,7 +8,8 @@
 //!           (allowlist), else egress
 //! egress:   replies → deny sets (refuse) → allowlist: allow sets (accept), other DNS and the
 //!           rest refused; open: accept
-//! refuse:   TCP reset, else ICMP administratively prohibited: the command fails at once
+//! refuse:   logged to the sandbox's NFLOG group; TCP reset, else ICMP administratively
+//!           prohibited: the command fails at once
 //! prerouting (nat, allowlist): every DNS packet the sandbox sends goes to sbx's DNS service
 //! postrouting (nat): the sandbox leaves as the host (masquerade)
 //! ```
@@ -30,7 +31,9 @@ use nftables::schema::{
     Chain, Element, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetFlag, SetType,
     SetTypeValue, Table,
 };
-use nftables::stmt::{JumpTarget, Match, NAT, NATFamily, Operator, Reject, RejectType, Statement};
+use nftables::stmt::{
+    JumpTarget, Log, Match, NAT, NATFamily, Operator, Reject, RejectType, Statement,
+};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook, RejectCode};
 
 use super::net::Layout;
@@ -475,6 +478,11 @@ impl Builder {
             );
         }
 
+        // Every refused packet is also logged to the sandbox's NFLOG group, where sbx reads its
+        // denials (see `log`).
+        let mut log = Log::new(Some(u32::from(super::log::group(layout.slot))));
+        log.queue_threshold = Some(1);
+        self.rule("refuse", vec![Statement::Log(Some(log))]);
         self.rule(
             "refuse",
             vec![

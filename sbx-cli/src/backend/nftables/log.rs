@@ -1,0 +1,217 @@
+//! Denials of the nftables backend: the table's `refuse` chain logs each refused packet to an
+//! NFLOG group of the sandbox's own, and sbx reads that group over nfnetlink while the command
+//! runs. A packet says where it was going, not which process sent it: these denials have no pid
+//! or command.
+//!
+//! The group is bound by sbx's socket and goes with it: closing the socket (or sbx dying)
+//! leaves nothing behind in the kernel.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use super::elements::{Socket, attribute, finish_message, start_message};
+use crate::backend::Denial;
+use crate::sys::{Step, SysError};
+
+const NFNL_SUBSYS_ULOG: u16 = 4;
+const NFULNL_MSG_PACKET: u16 = 0;
+const NFULNL_MSG_CONFIG: u16 = 1;
+const NFULA_CFG_CMD: u16 = 1;
+const NFULA_CFG_MODE: u16 = 2;
+const NFULA_CFG_QTHRESH: u16 = 5;
+const NFULNL_CFG_CMD_BIND: u8 = 1;
+const NFULNL_COPY_PACKET: u8 = 2;
+const NFULA_PACKET_HDR: u16 = 1;
+const NFULA_PAYLOAD: u16 = 9;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// Enough of a packet for its addresses and ports.
+const COPY_BYTES: u32 = 128;
+
+/// The NFLOG group of the sandbox in `slot` (0x5b00 + slot: out of the low numbers other
+/// loggers on the host pick by default).
+pub fn group(slot: u32) -> u16 {
+    0x5b00_u16.wrapping_add(slot as u16)
+}
+
+/// Reads a sandbox's NFLOG group on a thread of its own until `finish` (so that a long run's
+/// denials do not overflow the socket's buffer).
+pub struct DenialLog {
+    /// Closed by `finish`: the thread wakes, reads what is queued and ends.
+    stop: OwnedFd,
+    thread: std::thread::JoinHandle<Vec<Denial>>,
+}
+
+impl DenialLog {
+    /// Binds `group` (one message per packet, its first bytes copied) and starts reading.
+    pub fn start(group: u16) -> Result<DenialLog, SysError> {
+        let socket = Socket::open()?;
+        let mut config = Vec::new();
+        let mut seq = 0;
+        let mut message = |payload: &dyn Fn(&mut Vec<u8>)| {
+            seq += 1;
+            let start = start_message(
+                &mut config,
+                (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG,
+                (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
+                seq,
+                libc::AF_UNSPEC as u8,
+                group,
+            );
+            payload(&mut config);
+            finish_message(&mut config, start);
+        };
+        message(&|buf| attribute(buf, NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND]));
+        message(&|buf| {
+            let mut mode = COPY_BYTES.to_be_bytes().to_vec();
+            mode.extend([NFULNL_COPY_PACKET, 0]);
+            attribute(buf, NFULA_CFG_MODE, &mode);
+            // Sent at once, not gathered into batches.
+            attribute(buf, NFULA_CFG_QTHRESH, &1u32.to_be_bytes());
+        });
+        socket
+            .send(&config)
+            .and_then(|()| socket.acknowledgements(2))
+            .step(|| format!("listen to NFLOG group {group} for the sandbox's denials"))?;
+        let (stopped, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .step(|| "create the denial log's pipe".into())?;
+        let thread = std::thread::Builder::new()
+            .name("sbx-nflog".into())
+            .spawn(move || read(&socket, &stopped))
+            .step(|| "start the denial log thread".into())?;
+        Ok(DenialLog { stop, thread })
+    }
+
+    /// Every denial logged, once the command has ended.
+    pub fn finish(self) -> Vec<Denial> {
+        drop(self.stop);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// Reads until `stopped` reports its other end closed, then what is still queued.
+fn read(socket: &Socket, stopped: &OwnedFd) -> Vec<Denial> {
+    let mut denials = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut fds = [
+            PollFd::new(socket.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stopped.as_fd(), PollFlags::POLLIN),
+        ];
+        if poll(&mut fds, PollTimeout::NONE).is_err() {
+            return denials;
+        }
+        let stopping = fds[1].revents().is_some_and(|r| !r.is_empty());
+        loop {
+            match socket.receive_queued(&mut buf) {
+                Ok(n) => denials.extend(packets(&buf[..n]).filter_map(denial)),
+                // Overrun: some were lost; the rest is still there.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                Err(_) => break,
+            }
+        }
+        if stopping {
+            return denials;
+        }
+    }
+}
+
+/// The payload (the packet from its IP header on) of each NFLOG packet message in `datagram`.
+fn packets(datagram: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while at + 20 <= datagram.len() {
+            let len = u32::from_ne_bytes(datagram[at..at + 4].try_into().ok()?) as usize;
+            let kind = u16::from_ne_bytes(datagram[at + 4..at + 6].try_into().ok()?);
+            if len < 20 || at + len > datagram.len() {
+                return None;
+            }
+            let message = &datagram[at..at + len];
+            at += (len + 3) & !3;
+            if kind != (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET {
+                continue;
+            }
+            // After the netlink header (16 bytes) and nfgenmsg (4): attributes.
+            let (mut protocol, mut payload) = (0, None);
+            let mut attr = 20;
+            while attr + 4 <= message.len() {
+                let alen = u16::from_ne_bytes([message[attr], message[attr + 1]]) as usize;
+                let akind = u16::from_ne_bytes([message[attr + 2], message[attr + 3]]) & 0x3fff;
+                if alen < 4 || attr + alen > message.len() {
+                    break;
+                }
+                let value = &message[attr + 4..attr + alen];
+                match akind {
+                    NFULA_PACKET_HDR if value.len() >= 2 => {
+                        protocol = u16::from_be_bytes([value[0], value[1]]);
+                    }
+                    NFULA_PAYLOAD => payload = Some(value),
+                    _ => {}
+                }
+                attr += (alen + 3) & !3;
+            }
+            if let Some(payload) = payload {
+                return Some((protocol, payload));
+            }
+        }
+        None
+    })
+}
+
+/// Where a logged packet was going: address, and for TCP and UDP the port.
+fn denial((ethertype, packet): (u16, &[u8])) -> Option<Denial> {
+    let version = packet.first()? >> 4;
+    let (destination, protocol, transport) = match (ethertype, version) {
+        (ETH_P_IP, _) | (_, 4) if packet.len() >= 20 => {
+            let header = usize::from(packet[0] & 0x0f) * 4;
+            let addr: [u8; 4] = packet[16..20].try_into().ok()?;
+            (
+                IpAddr::V4(Ipv4Addr::from(addr)),
+                packet[9],
+                packet.get(header..),
+            )
+        }
+        (ETH_P_IPV6, _) | (_, 6) if packet.len() >= 40 => {
+            let addr: [u8; 16] = packet[24..40].try_into().ok()?;
+            (
+                IpAddr::V6(Ipv6Addr::from(addr)),
+                packet[6],
+                packet.get(40..),
+            )
+        }
+        _ => return None,
+    };
+    let port = match (protocol, transport) {
+        (6 | 17, Some(t)) if t.len() >= 4 => Some(u16::from_be_bytes([t[2], t[3]])),
+        _ => None,
+    };
+    Some(Denial {
+        pid: None,
+        command: None,
+        destination: Some(destination),
+        port,
+        protocol: Some(protocol),
+        hook: "nftables",
+        name: None,
+        record_type: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_logged_tcp_packet_gives_its_destination_and_port() {
+        let mut packet = vec![0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0];
+        packet.extend([10, 207, 0, 2, 198, 51, 100, 7]);
+        packet.extend([0xc3, 0x50, 0x01, 0xbb]);
+        packet.resize(40, 0);
+        let d = denial((ETH_P_IP, &packet)).unwrap();
+        assert_eq!(d.destination, Some("198.51.100.7".parse().unwrap()));
+        assert_eq!((d.port, d.protocol), (Some(443), Some(6)));
+    }
+}
