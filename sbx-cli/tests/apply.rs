@@ -739,7 +739,41 @@ crate::on_both_backends!(
     a_denied_tcp_connect_is_refused_at_once_not_timed_out,
     bypass_attempts_fail,
     denials_are_summed_up_and_written_as_events,
+    an_interactive_shell_gets_the_terminal,
 );
+
+/// `sbx apply p.yaml -- bash` on a terminal is an interactive shell: it has the terminal, reads
+/// what is typed, and its exit status comes back. `script` (util-linux) plays the terminal.
+fn an_interactive_shell_gets_the_terminal(backend: &str) {
+    require_root();
+    let _guard = exclusive();
+    let dir = Dir::new();
+    let policy = deny_all(&dir);
+    let command = format!(
+        "{} apply --backend {backend} {} -- bash --norc -i",
+        env!("CARGO_BIN_EXE_sbx"),
+        policy.display()
+    );
+    let mut script = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    script
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"tty >/dev/null && echo has-a-tty; echo typed $((6*7))\nexit 3\n")
+        .unwrap();
+    let out = script.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("has-a-tty") && text.contains("typed 42"),
+        "{text}"
+    );
+    assert_eq!(out.status.code(), Some(3), "{text}");
+}
 
 /// Every refused connection, TCP and UDP, is in the summary on stderr and in `--events`, with
 /// its destination: on both backends (only eBPF knows the process behind it).
