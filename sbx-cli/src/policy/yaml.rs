@@ -251,6 +251,9 @@ impl Pos {
 struct LineIndex<'a> {
     text: &'a str,
     starts: Vec<usize>,
+    /// Then a character index is a byte offset, and no line needs walking (policies are
+    /// nearly always ASCII, and some have tens of thousands of entries).
+    ascii: bool,
 }
 
 impl<'a> LineIndex<'a> {
@@ -258,11 +261,22 @@ impl<'a> LineIndex<'a> {
         let starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
-        Self { text, starts }
+        Self {
+            text,
+            starts,
+            ascii: text.is_ascii(),
+        }
     }
 
     fn pos(&self, marker: &saphyr_parser::Marker) -> Pos {
         let line = marker.line().max(1);
+        if self.ascii && marker.index() <= self.text.len() {
+            return Pos {
+                line: line as u32,
+                column: marker.col() as u32 + 1,
+                offset: marker.index(),
+            };
+        }
         let Some(&start) = self.starts.get(line - 1) else {
             return self.end();
         };
@@ -345,6 +359,21 @@ mod tests {
             .map(|n| matches!(n.kind, Kind::Scalar { plain, .. } if plain))
             .collect();
         assert_eq!(plain, [true, false, false]);
+    }
+
+    #[test]
+    fn ascii_positions_with_crlf_line_ends() {
+        let text = "a: 1\r\nb:\r\n  - x\r\n";
+        let doc = parse(text).unwrap();
+        let Kind::Map(top) = doc.root.unwrap().kind else {
+            panic!()
+        };
+        let Kind::Seq(items) = &top[1].1.kind else {
+            panic!()
+        };
+        let start = items[0].span.start;
+        assert_eq!((start.line, start.column), (3, 5));
+        assert_eq!(start.offset, text.find('x').unwrap());
     }
 
     #[test]
