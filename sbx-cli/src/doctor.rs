@@ -180,6 +180,13 @@ pub fn report() -> (String, bool) {
             "  entries in the maps (all sandboxes): {}",
             counts.join(", ")
         );
+        if let Some(bytes) = ebpf::pinned_memory() {
+            let _ = writeln!(
+                out,
+                "  kernel memory held by the maps: {:.1} MiB",
+                bytes as f64 / (1024.0 * 1024.0)
+            );
+        }
     }
     (out, ebpf_ok || nft_ok)
 }

@@ -922,6 +922,14 @@ fn gc_all_removes_the_pinned_ebpf_state_and_the_next_run_loads_it_again() {
         pinned(),
         "the eBPF backend pins its programs in /run/sbx/bpf"
     );
+    let doctor = sbx().arg("doctor").output().unwrap();
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    let held: f64 = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("kernel memory held by the maps: "))
+        .and_then(|v| v.trim_end_matches(" MiB").parse().ok())
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(held > 1.0, "{report}");
     let out = sbx().args(["gc", "--all"]).output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let said = String::from_utf8_lossy(&out.stderr);

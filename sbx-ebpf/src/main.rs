@@ -36,7 +36,7 @@ static DENY4: LpmTrie<Addr4Key, u64> = LpmTrie::with_max_entries(MAX_ADDRESS_ENT
 static ALLOW6: LpmTrie<Addr6Key, u64> = LpmTrie::with_max_entries(MAX_ADDRESS_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
 static DENY6: LpmTrie<Addr6Key, u64> = LpmTrie::with_max_entries(MAX_ADDRESS_ENTRIES, BPF_F_NO_PREALLOC);
-/// Preallocated (a write is a few times faster than a trie's); about 10 MB of kernel memory
+/// Preallocated (a write is a few times faster than a trie's); about 12 MiB of kernel memory
 /// together, shared by every sandbox.
 const MAX_EXACT_ENTRIES: u32 = 1 << 16;
 #[map]

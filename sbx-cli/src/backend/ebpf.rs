@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -1073,6 +1073,26 @@ impl Admit for Admitter {
         }
         Ok(())
     }
+}
+
+/// The kernel memory sbx's pinned maps hold, in bytes (`memlock` of each map's fdinfo), for
+/// `sbx doctor`; `None` when nothing is pinned.
+pub fn pinned_memory() -> Option<u64> {
+    let mut total = None;
+    for name in MAPS {
+        let Ok(map) = MapData::from_pin(pins().join(format!("map_{name}"))) else {
+            continue;
+        };
+        let fd = map.fd().as_fd().as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+        let bytes = info
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        *total.get_or_insert(0) += bytes;
+    }
+    total
 }
 
 /// The number of entries in each of sbx's pinned maps (for `sbx doctor`); empty when nothing is
