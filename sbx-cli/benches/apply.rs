@@ -92,14 +92,18 @@ fn allowlist(n: usize, extra: Option<&str>) -> String {
         text.push_str(&format!("    - \"{extra}\"\n"));
     }
     let mut x: u32 = 0x2545_f491;
-    for _ in 0..n {
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < n {
         // xorshift: reproducible, spread out; even last octets never neighbour each other.
         x ^= x << 13;
         x ^= x >> 17;
         x ^= x << 5;
         let [a, b, c, d] = x.to_be_bytes();
         let (first, last) = (11 + a % 89, (d & 0xfe).max(2));
-        text.push_str(&format!("    - {first}.{b}.{c}.{last}:443\n"));
+        // Distinct: a repeated entry would only add a warning to the measurement.
+        if seen.insert((first, b, c, last)) {
+            text.push_str(&format!("    - {first}.{b}.{c}.{last}:443\n"));
+        }
     }
     text.push_str("dns:\n  servers: [\"127.0.0.1:53\"]\n");
     text
