@@ -250,7 +250,8 @@ impl Pos {
 /// and 1-based columns.
 struct LineIndex<'a> {
     text: &'a str,
-    starts: Vec<usize>,
+    /// Where each line starts; found when first needed (never, for positions in ASCII text).
+    starts: std::cell::OnceCell<Vec<usize>>,
     /// Then a character index is a byte offset, and no line needs walking (policies are
     /// nearly always ASCII, and some have tens of thousands of entries).
     ascii: bool,
@@ -258,14 +259,19 @@ struct LineIndex<'a> {
 
 impl<'a> LineIndex<'a> {
     fn new(text: &'a str) -> Self {
-        let starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
         Self {
             text,
-            starts,
+            starts: std::cell::OnceCell::new(),
             ascii: text.is_ascii(),
         }
+    }
+
+    fn starts(&self) -> &[usize] {
+        self.starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(self.text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect()
+        })
     }
 
     fn pos(&self, marker: &saphyr_parser::Marker) -> Pos {
@@ -277,7 +283,7 @@ impl<'a> LineIndex<'a> {
                 offset: marker.index(),
             };
         }
-        let Some(&start) = self.starts.get(line - 1) else {
+        let Some(&start) = self.starts().get(line - 1) else {
             return self.end();
         };
         let rest = &self.text[start..];
@@ -301,8 +307,9 @@ impl<'a> LineIndex<'a> {
     }
 
     fn end(&self) -> Pos {
-        let line = self.starts.len();
-        let start = self.starts[line - 1];
+        let starts = self.starts();
+        let line = starts.len();
+        let start = starts[line - 1];
         Pos {
             line: line as u32,
             column: self.text[start..].chars().count() as u32 + 1,
