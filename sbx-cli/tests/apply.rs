@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::Dir;
 use common::dns::{DnsServer, Zone};
-use common::testnet::{TestHost, apply_probes, durations, exclusive, host_state, outcomes};
+use common::testnet::{PROBE, TestHost, apply_probes, durations, exclusive, host_state, outcomes};
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -124,6 +124,34 @@ const SCENARIOS: &[Scenario] = &[
     },
 ];
 
+/// Where most end-to-end tests start: the machine to themselves, a test host with `SERVICES`, a
+/// DNS server that knows no name, and a policy that allows the host's TCP 8080 and nothing else.
+struct Allow8080 {
+    host: TestHost,
+    _dns: DnsServer,
+    dir: Dir,
+    policy: PathBuf,
+    // Last: fields drop in order, and the machine is given back once all of it is gone.
+    _guard: std::sync::MutexGuard<'static, ()>,
+}
+
+fn allow_8080() -> Allow8080 {
+    require_root();
+    let guard = exclusive();
+    let host = TestHost::start(SERVICES);
+    let dns = DnsServer::start(Zone::new());
+    let dir = Dir::new();
+    let network = fill("mode: allowlist\n  allow: [\"{v4}:8080\"]", &host);
+    let policy = write_policy(&dir, "p.yaml", &network, &dns);
+    Allow8080 {
+        host,
+        _dns: dns,
+        dir,
+        policy,
+        _guard: guard,
+    }
+}
+
 fn fill(template: &str, host: &TestHost) -> String {
     let net4 = format!("{}.0/24", host.v4.rsplit_once('.').unwrap().0);
     template
@@ -219,19 +247,9 @@ fn scenarios_ebpf() {
 }
 
 fn a_denied_tcp_connect_is_refused_at_once_not_timed_out(backend: &str) {
-    require_root();
-    let _guard = exclusive();
-    let host = TestHost::start(SERVICES);
-    let dns = DnsServer::start(Zone::new());
-    let dir = Dir::new();
-    let policy = write_policy(
-        &dir,
-        "p.yaml",
-        &fill("mode: allowlist\n  allow: [\"{v4}:8080\"]", &host),
-        &dns,
-    );
-    let probe = fill("tcp:{v4}:9090", &host);
-    let out = apply_probes(backend, &policy, std::slice::from_ref(&probe));
+    let Allow8080 { host, policy, .. } = &allow_8080();
+    let probe = fill("tcp:{v4}:9090", host);
+    let out = apply_probes(backend, policy, std::slice::from_ref(&probe));
     assert_eq!(
         outcomes(&out).get(&probe).map(String::as_str),
         Some("denied"),
@@ -249,22 +267,40 @@ fn deny_all(dir: &Dir) -> PathBuf {
     dir.write("none.yaml", "version: 1\nnetwork: {mode: none}\n")
 }
 
-#[test]
-fn exit_status_stdio_environment_and_directory_pass_through() {
+/// Where the tests of the command's own treatment start: the machine to themselves and a policy
+/// of `mode: none`.
+struct NoNetwork {
+    dir: Dir,
+    policy: PathBuf,
+    // Last: the machine is given back once the rest is gone.
+    _guard: std::sync::MutexGuard<'static, ()>,
+}
+
+fn no_network() -> NoNetwork {
     require_root();
-    let _guard = exclusive();
+    let guard = exclusive();
     let dir = Dir::new();
     let policy = deny_all(&dir);
+    NoNetwork {
+        dir,
+        policy,
+        _guard: guard,
+    }
+}
+
+#[test]
+fn exit_status_stdio_environment_and_directory_pass_through() {
+    let NoNetwork { dir, policy, .. } = &no_network();
     let status = sbx()
         .arg("apply")
-        .arg(&policy)
+        .arg(policy)
         .args(["--", "sh", "-c", "exit 3"])
         .status()
         .unwrap();
     assert_eq!(status.code(), Some(3));
     let status = sbx()
         .arg("apply")
-        .arg(&policy)
+        .arg(policy)
         .args(["--", "sh", "-c", "kill -TERM $$"])
         .status()
         .unwrap();
@@ -272,7 +308,7 @@ fn exit_status_stdio_environment_and_directory_pass_through() {
 
     let mut child = sbx()
         .arg("apply")
-        .arg(&policy)
+        .arg(policy)
         .args([
             "--",
             "sh",
@@ -295,10 +331,7 @@ fn exit_status_stdio_environment_and_directory_pass_through() {
 
 #[test]
 fn signals_sent_to_sbx_reach_the_command() {
-    require_root();
-    let _guard = exclusive();
-    let dir = Dir::new();
-    let policy = deny_all(&dir);
+    let NoNetwork { dir, policy, .. } = &no_network();
     let ready = dir.path().join("ready");
     let script = format!(
         "trap 'exit 42' TERM; touch {}; while :; do sleep 0.05; done",
@@ -306,7 +339,7 @@ fn signals_sent_to_sbx_reach_the_command() {
     );
     let mut child = sbx()
         .arg("apply")
-        .arg(&policy)
+        .arg(policy)
         .args(["--", "sh", "-c", &script])
         .spawn()
         .unwrap();
@@ -324,13 +357,10 @@ fn signals_sent_to_sbx_reach_the_command() {
 
 #[test]
 fn the_command_runs_without_the_capabilities_that_could_undo_the_sandbox() {
-    require_root();
-    let _guard = exclusive();
-    let dir = Dir::new();
-    let policy = deny_all(&dir);
+    let NoNetwork { policy, .. } = &no_network();
     let out = sbx()
         .arg("apply")
-        .arg(&policy)
+        .arg(policy)
         .args([
             "--",
             "sh",
@@ -364,14 +394,14 @@ fn the_command_runs_without_the_capabilities_that_could_undo_the_sandbox() {
 
     let out = sbx()
         .arg("apply")
-        .arg(&policy)
+        .arg(policy)
         .args(["--user", "nobody", "--", "id", "-u"])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "65534\n", "{out:?}");
     let out = sbx()
         .arg("apply")
-        .arg(&policy)
+        .arg(policy)
         .args(["--", "id", "-u"])
         .env("SUDO_UID", "65534")
         .env("SUDO_GID", "65534")
@@ -385,31 +415,20 @@ fn the_command_runs_without_the_capabilities_that_could_undo_the_sandbox() {
 }
 
 fn escape_attempts_as_root_inside_fail_and_change_nothing(backend: &str) {
-    require_root();
-    let _guard = exclusive();
-    let host = TestHost::start(SERVICES);
-    let dns = DnsServer::start(Zone::new());
-    let dir = Dir::new();
-    let policy = write_policy(
-        &dir,
-        "p.yaml",
-        &fill("mode: allowlist\n  allow: [\"{v4}:8080\"]", &host),
-        &dns,
-    );
-    let probe = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/probe.py");
+    let Allow8080 { host, policy, .. } = &allow_8080();
     let script = format!(
         "nft flush ruleset 2>/dev/null; echo nft=$?\n\
          ip route add 10.250.0.0/24 dev lo 2>/dev/null; echo route=$?\n\
          ip addr add 10.250.0.1/32 dev lo 2>/dev/null; echo addr=$?\n\
          python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)' 2>/dev/null; echo raw=$?\n\
          unshare --net true 2>/dev/null; echo unshare=$?\n\
-         python3 {probe} tcp:{v4}:9090 tcp:{v4}:8080\n",
+         python3 {PROBE} tcp:{v4}:9090 tcp:{v4}:8080\n",
         v4 = host.v4
     );
     let before = host_state();
     let out = sbx()
         .args(["apply", "--backend", backend])
-        .arg(&policy)
+        .arg(policy)
         .args(["--", "sh", "-c", &script])
         .output()
         .unwrap();
@@ -435,11 +454,10 @@ fn the_command_reaches_servers_it_starts_on_its_own_loopback_but_not_the_hosts(b
     let host_port = listener.local_addr().unwrap().port();
     let dir = Dir::new();
     let dns = DnsServer::start(Zone::new());
-    let probe = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/probe.py");
     let server = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/testsrv.py");
     let script = format!(
         "rm -f ready; python3 {server} 127.0.0.1 tcp:7000 > ready & while [ ! -s ready ]; do sleep 0.02; done\n\
-         python3 {probe} tcp:127.0.0.1:7000 tcp:127.0.0.1:{host_port}"
+         python3 {PROBE} tcp:127.0.0.1:7000 tcp:127.0.0.1:{host_port}"
     );
     for mode in [
         "mode: none",
@@ -477,7 +495,6 @@ fn twenty_sandboxes_at_once_each_see_only_their_own_verdicts(backend: &str) {
     let dns = DnsServer::start(Zone::new());
     let dir = Dir::new();
     let before = host_state();
-    let probe = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/probe.py");
     let children: Vec<_> = (0..20)
         .map(|i| {
             let policy = write_policy(
@@ -495,7 +512,7 @@ fn twenty_sandboxes_at_once_each_see_only_their_own_verdicts(backend: &str) {
                     "--",
                     "sh",
                     "-c",
-                    &format!("sleep 0.3; python3 {probe} {own} {other}"),
+                    &format!("sleep 0.3; python3 {PROBE} {own} {other}"),
                 ])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -523,17 +540,7 @@ fn twenty_sandboxes_at_once_each_see_only_their_own_verdicts(backend: &str) {
 }
 
 fn after_sbx_is_killed_its_command_dies_and_the_next_run_or_gc_cleans_up(backend: &str) {
-    require_root();
-    let _guard = exclusive();
-    let host = TestHost::start(SERVICES);
-    let dns = DnsServer::start(Zone::new());
-    let dir = Dir::new();
-    let policy = write_policy(
-        &dir,
-        "p.yaml",
-        &fill("mode: allowlist\n  allow: [\"{v4}:8080\"]", &host),
-        &dns,
-    );
+    let Allow8080 { dir, policy, .. } = &allow_8080();
     let before = host_state();
     for cleaner in ["gc", "next run"] {
         let pidfile = dir.path().join("pid");
@@ -545,7 +552,7 @@ fn after_sbx_is_killed_its_command_dies_and_the_next_run_or_gc_cleans_up(backend
         );
         let mut child = sbx()
             .args(["apply", "--backend", backend])
-            .arg(&policy)
+            .arg(policy)
             .args(["--", "sh", "-c", &script])
             .spawn()
             .unwrap();
@@ -589,7 +596,7 @@ fn after_sbx_is_killed_its_command_dies_and_the_next_run_or_gc_cleans_up(backend
             _ => {
                 let out = sbx()
                     .arg("apply")
-                    .arg(deny_all(&dir))
+                    .arg(deny_all(dir))
                     .args(["--", "true"])
                     .output()
                     .unwrap();
@@ -601,27 +608,18 @@ fn after_sbx_is_killed_its_command_dies_and_the_next_run_or_gc_cleans_up(backend
 }
 
 fn gc_leaves_live_sandboxes_alone(backend: &str) {
-    require_root();
-    let _guard = exclusive();
-    let host = TestHost::start(SERVICES);
-    let dns = DnsServer::start(Zone::new());
-    let dir = Dir::new();
-    let policy = write_policy(
-        &dir,
-        "p.yaml",
-        &fill("mode: allowlist\n  allow: [\"{v4}:8080\"]", &host),
-        &dns,
-    );
-    let probe = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/probe.py");
+    let Allow8080 {
+        host, dir, policy, ..
+    } = &allow_8080();
     let go = dir.path().join("go");
     let script = format!(
-        "while [ ! -e {} ]; do sleep 0.02; done; python3 {probe} tcp:{}:8080",
+        "while [ ! -e {} ]; do sleep 0.02; done; python3 {PROBE} tcp:{}:8080",
         go.display(),
         host.v4
     );
     let child = sbx()
         .args(["apply", "--backend", backend])
-        .arg(&policy)
+        .arg(policy)
         .args(["--", "sh", "-c", &script])
         .stdout(Stdio::piped())
         .spawn()
@@ -639,15 +637,12 @@ fn gc_leaves_live_sandboxes_alone(backend: &str) {
 
 #[test]
 fn bad_input_fails_clearly_and_leaves_the_host_unchanged() {
-    require_root();
-    let _guard = exclusive();
-    let dir = Dir::new();
-    let policy = deny_all(&dir);
+    let NoNetwork { dir, policy, .. } = &no_network();
     let before = host_state();
 
     let out = sbx()
         .arg("apply")
-        .arg(&policy)
+        .arg(policy)
         .args(["--", "no-such-program-sbx"])
         .output()
         .unwrap();
@@ -658,7 +653,7 @@ fn bad_input_fails_clearly_and_leaves_the_host_unchanged() {
     );
 
     let unreadable = dir.write("secret.yaml", "version: 1\nnetwork: {mode: none}\n");
-    let out = apply_as_nobody(&policy);
+    let out = apply_as_nobody(policy);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("sbx needs root"),
@@ -745,10 +740,7 @@ crate::on_both_backends!(
 /// `sbx apply p.yaml -- bash` on a terminal is an interactive shell: it has the terminal, reads
 /// what is typed, and its exit status comes back. `script` (util-linux) plays the terminal.
 fn an_interactive_shell_gets_the_terminal(backend: &str) {
-    require_root();
-    let _guard = exclusive();
-    let dir = Dir::new();
-    let policy = deny_all(&dir);
+    let NoNetwork { policy, .. } = &no_network();
     let command = format!(
         "{} apply --backend {backend} {} -- bash --norc -i",
         env!("CARGO_BIN_EXE_sbx"),
@@ -778,25 +770,16 @@ fn an_interactive_shell_gets_the_terminal(backend: &str) {
 /// Every refused connection, TCP and UDP, is in the summary on stderr and in `--events`, with
 /// its destination: on both backends (only eBPF knows the process behind it).
 fn denials_are_summed_up_and_written_as_events(backend: &str) {
-    require_root();
-    let _guard = exclusive();
-    let host = TestHost::start(SERVICES);
-    let dns = DnsServer::start(Zone::new());
-    let dir = Dir::new();
-    let policy = write_policy(
-        &dir,
-        "p.yaml",
-        &fill("mode: allowlist\n  allow: [\"{v4}:8080\"]", &host),
-        &dns,
-    );
+    let Allow8080 {
+        host, dir, policy, ..
+    } = &allow_8080();
     let events = dir.path().join("events.jsonl");
-    let probe = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/probe.py");
     let v4 = &host.v4;
     let out = sbx()
         .args(["apply", "--backend", backend, "--events"])
         .arg(&events)
-        .arg(&policy)
-        .args(["--", "python3", probe])
+        .arg(policy)
+        .args(["--", "python3", PROBE])
         .args([
             format!("tcp:{v4}:8080"),
             format!("tcp:{v4}:9090"),
@@ -906,17 +889,14 @@ fn true_on_ebpf(policy: &std::path::Path) -> std::process::ExitStatus {
 
 #[test]
 fn gc_all_removes_the_pinned_ebpf_state_and_the_next_run_loads_it_again() {
-    require_root();
-    let _guard = exclusive();
-    let dir = Dir::new();
-    let policy = deny_all(&dir);
+    let NoNetwork { policy, .. } = &no_network();
     let pinned = || {
         std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
             .lines()
             .any(|l| l.split(' ').nth(4) == Some("/run/sbx/bpf"))
     };
-    let run = || true_on_ebpf(&policy);
+    let run = || true_on_ebpf(policy);
     assert!(run().success());
     assert!(
         pinned(),
@@ -953,11 +933,8 @@ fn gc_all_removes_the_pinned_ebpf_state_and_the_next_run_loads_it_again() {
 
 #[test]
 fn pins_of_another_sbx_build_go_when_no_sandbox_is_live() {
-    require_root();
-    let _guard = exclusive();
-    let dir = Dir::new();
-    let policy = deny_all(&dir);
-    let run = || true_on_ebpf(&policy);
+    let NoNetwork { policy, .. } = &no_network();
+    let run = || true_on_ebpf(policy);
     assert!(run().success());
     // What an upgrade leaves: the pins of the previous build, under its own object hash.
     let old = std::path::Path::new("/run/sbx/bpf/0000000000000000");
@@ -980,7 +957,6 @@ fn ebpf_denials_are_reported_each_to_its_own_sandbox() {
     let host = TestHost::start(&services);
     let dns = DnsServer::start(Zone::new());
     let dir = Dir::new();
-    let probe = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/probe.py");
     let policy = write_policy(&dir, "p.yaml", "mode: none", &dns);
     // Two sandboxes at once, each denied its own ports, several times, while the other drains.
     let children: Vec<_> = (0..2)
@@ -993,7 +969,7 @@ fn ebpf_denials_are_reported_each_to_its_own_sandbox() {
                 .args(["apply", "--backend", "ebpf", "--events"])
                 .arg(&events)
                 .arg(&policy)
-                .args(["--", "python3", probe])
+                .args(["--", "python3", PROBE])
                 .args(&probes)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -1106,10 +1082,9 @@ fn an_ebpf_sandbox_leaves_no_map_entries_behind() {
     let network = "mode: allowlist\n  allow: [\"svc.test:8080\", \"*.svc.test:8080\", \"{net4}:9090\", \"[{v6}]:8080\"]\n  deny: [\"{v4}:9090\"]";
     let policy = write_policy(&dir, "p.yaml", &fill(network, &host), &dns);
     let server = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/testsrv.py");
-    let probe = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/probe.py");
     let script = format!(
         "rm -f ready; python3 {server} 127.0.0.1 tcp:7001 > ready & while [ ! -s ready ]; do sleep 0.02; done\n\
-         python3 {probe} tcp:a.svc.test:8080 tcp:{v4}:9090 tcp:127.0.0.1:7001",
+         python3 {PROBE} tcp:a.svc.test:8080 tcp:{v4}:9090 tcp:127.0.0.1:7001",
         v4 = host.v4
     );
     let out = sbx()
@@ -1173,11 +1148,10 @@ fn ebpf_addresses_beyond_the_exact_maps_capacity_are_enforced_through_the_tries(
     }
     network.push_str(&format!("    - {}:8080\n", host.v4));
     let policy = write_policy(&dir, "p.yaml", &network, &dns);
-    let probe = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/probe.py");
     let out = sbx()
         .args(["apply", "--backend", "ebpf"])
         .arg(&policy)
-        .args(["--", "python3", probe])
+        .args(["--", "python3", PROBE])
         .args([
             format!("tcp:{}:8080", host.v4),
             format!("tcp:{}:9090", host.v4),

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use common::Dir;
 use common::dns::{Behaviour, DnsServer, Zone};
-use common::testnet::{TestHost, exclusive};
+use common::testnet::{PROBE, TestHost, exclusive};
 
 /// Routed to every test host made with it: many distinct destinations (AnyIP).
 const BLOCK: &str = "10.214.0.0/22";
@@ -46,8 +46,6 @@ fn sbx_sh(backend: &str, policy: &std::path::Path, script: &str) -> Output {
         .output()
         .unwrap()
 }
-
-const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/probe.py");
 
 /// Acceptance 1: an upstream whose answer changes on every query; each fresh address is
 /// reachable the moment it is answered.

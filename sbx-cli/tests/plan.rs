@@ -151,12 +151,7 @@ warnings
 #[test]
 fn a_truncated_udp_answer_is_retried_over_tcp() {
     let server = DnsServer::start(zone());
-    let dir = Dir::new();
-    dir.write(
-        "p.yaml",
-        &format!("version: 1\nnetwork:\n  mode: allowlist\n  allow: [big.test]\ndns:\n  servers: [\"{}\"]\n", server.addr()),
-    );
-    let out = sbx(&["plan", "p.yaml"], dir.path());
+    let out = plan_network(&server, "  mode: allowlist\n  allow: [big.test]\n");
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -177,6 +172,19 @@ fn a_truncated_udp_answer_is_retried_over_tcp() {
         queries.iter().any(|q| q.name == "big.test" && q.tcp),
         "no TCP retry: {queries:?}"
     );
+}
+
+/// `sbx plan` of a policy whose `network:` block is `network`, resolving with `server`.
+fn plan_network(server: &DnsServer, network: &str) -> std::process::Output {
+    let dir = Dir::new();
+    dir.write(
+        "p.yaml",
+        &format!(
+            "version: 1\nnetwork:\n{network}dns:\n  servers: [\"{}\"]\n",
+            server.addr()
+        ),
+    );
+    sbx(&["plan", "p.yaml"], dir.path())
 }
 
 /// A one-name policy for each failure mode.
@@ -262,12 +270,10 @@ fn with_on_resolve_failure_warn_the_plan_is_produced_with_a_warning() {
 #[test]
 fn a_deny_name_that_does_not_resolve_is_no_error() {
     let server = DnsServer::start(Zone::new());
-    let dir = Dir::new();
-    dir.write(
-        "p.yaml",
-        &format!("version: 1\nnetwork:\n  mode: open\n  deny: [metadata.google.internal, fd00:ec2::254]\ndns:\n  servers: [\"{}\"]\n", server.addr()),
+    let out = plan_network(
+        &server,
+        "  mode: open\n  deny: [metadata.google.internal, fd00:ec2::254]\n",
     );
-    let out = sbx(&["plan", "p.yaml"], dir.path());
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(
         out.status.code(),
@@ -285,12 +291,7 @@ fn a_deny_name_that_does_not_resolve_is_no_error() {
 #[test]
 fn localhost_is_loopback_without_asking_a_server() {
     let server = DnsServer::start(Zone::new());
-    let dir = Dir::new();
-    dir.write(
-        "p.yaml",
-        &format!("version: 1\nnetwork:\n  mode: allowlist\n  allow: [localhost:5432]\ndns:\n  servers: [\"{}\"]\n", server.addr()),
-    );
-    let out = sbx(&["plan", "p.yaml"], dir.path());
+    let out = plan_network(&server, "  mode: allowlist\n  allow: [localhost:5432]\n");
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("tcp/5432  127.0.0.1, ::1\n"), "{stdout}");
     assert!(server.queries().is_empty());

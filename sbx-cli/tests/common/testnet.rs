@@ -244,13 +244,15 @@ pub fn host_state() -> HostState {
     HostState(state)
 }
 
+/// The client run inside sandboxes (see its docstring for its arguments and output).
+pub const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/probe.py");
+
 /// The real `sbx apply` with `policy`, running the probe client with `probes`.
 pub fn apply_probes(backend: &str, policy: &Path, probes: &[String]) -> Output {
-    let probe = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/probe.py");
     Command::new(env!("CARGO_BIN_EXE_sbx"))
         .args(["apply", "--backend", backend])
         .arg(policy)
-        .args(["--", "python3", probe])
+        .args(["--", "python3", PROBE])
         .args(probes)
         .output()
         .expect("run sbx apply")
