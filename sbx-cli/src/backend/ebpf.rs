@@ -490,9 +490,9 @@ impl Backend for Ebpf {
         // killed sbx and goes. A sandbox's policy entry is written first and removed last, so
         // an empty POLICIES means there is nothing else either (and saves scanning the others'
         // hundreds of thousands of buckets).
+        let mut maps = Maps::open()?;
         if locked.live_slots()? <= 1 {
             remove_other_versions();
-            let mut maps = Maps::open()?;
             if maps.policies.keys().next().is_some() {
                 maps.purge(|_| true)?;
             }
@@ -509,7 +509,7 @@ impl Backend for Ebpf {
             Mode::Open => MODE_OPEN,
         };
         let mut live = Live {
-            maps: std::sync::Arc::new(std::sync::Mutex::new(Maps::open()?)),
+            maps: std::sync::Arc::new(std::sync::Mutex::new(maps)),
             slot,
             cgroup,
             cgroup_id,
