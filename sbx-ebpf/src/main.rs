@@ -150,11 +150,14 @@ fn verdict(policy: &Policy, cgroup: u64, addr4: [u8; 4], addr6: Option<[u8; 16]>
     if loopback && own_listener(cgroup, protocol, port) {
         return ALLOW;
     }
+    if policy.mode == MODE_NONE {
+        return DENY;
+    }
     let denied = match addr6 {
         None => matches4(&DENY4, cgroup, VERDICT_DENY, addr4, protocol, port),
         Some(a) => matches6(&DENY6, cgroup, VERDICT_DENY, a, protocol, port),
     };
-    if denied || policy.mode == MODE_NONE {
+    if denied {
         return DENY;
     }
     if policy.mode == MODE_OPEN && !loopback {
