@@ -915,6 +915,8 @@ const EVENT_SIZE: usize = std::mem::size_of::<sbx_common::DenyEvent>();
 /// Drains the ring buffer: `cgroup`'s events into `mine`, the rest into their spool files.
 fn drain(cgroup: u64, mine: &mut Vec<DenyEventRecord>) -> Result<(), SysError> {
     let _lock = events_lock()?;
+    // Opened anew each time, under the lock: aya keeps the consumer position it read at opening,
+    // so a handle kept open would read again what another sbx has drained since.
     let map = pinned_map("EVENTS")?;
     let mut ring: aya::maps::RingBuf<MapData> = map.try_into().step(|| "map EVENTS".into())?;
     let mut others: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
