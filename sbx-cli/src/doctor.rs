@@ -166,9 +166,11 @@ pub fn report() -> (String, bool) {
         let _ = writeln!(
             out,
             "  eBPF programs and maps pinned in {} (kept between runs so a sandbox starts in \
-             milliseconds; bounded: 7 programs, 12 maps of fixed maximum size; `sbx gc --all` \
+             milliseconds; bounded: {} programs, {} maps of fixed maximum size; `sbx gc --all` \
              removes them): {}",
             pins.display(),
+            ebpf::PROGRAMS,
+            ebpf::MAPS.len(),
             pinned.join(", ")
         );
         let counts: Vec<String> = ebpf::pinned_entries()

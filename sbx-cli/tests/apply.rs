@@ -732,6 +732,7 @@ crate::on_both_backends!(
     after_sbx_is_killed_its_command_dies_and_the_next_run_or_gc_cleans_up,
     gc_leaves_live_sandboxes_alone,
     a_denied_tcp_connect_is_refused_at_once_not_timed_out,
+    thousands_of_single_addresses_allow_each_and_only_those,
     bypass_attempts_fail,
     denials_are_summed_up_and_written_as_events,
     an_interactive_shell_gets_the_terminal,
@@ -1104,6 +1105,99 @@ fn an_ebpf_sandbox_leaves_no_map_entries_behind() {
     assert_no_map_entries();
 }
 
+/// The routed block of `thousands_of_single_addresses_allow_each_and_only_those`.
+const SINGLES_BLOCK: &str = "10.215.0.0/18";
+/// Allowed addresses in it: 4,196, the eBPF backend's table chunks of 1,024 four full and one
+/// partial.
+const SINGLES: u32 = 4196;
+
+/// The `i`th allowed address (every other one, from 10.215.0.2), or its odd neighbour above.
+fn single(i: u32, neighbour: bool) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(0x0ad7_0002 + 2 * i + u32::from(neighbour))
+}
+
+/// Thousands of single addresses: each allowed one is reachable, its neighbours and other ports
+/// are not, wherever it falls (on eBPF, the first and last of a table, either side of a chunk
+/// boundary, a partial last chunk, a middle IPv6 chunk).
+fn thousands_of_single_addresses_allow_each_and_only_those(backend: &str) {
+    require_root();
+    let _guard = exclusive();
+    let host = TestHost::start_with(&["tcp:8080", "tcp:9090"], Some(SINGLES_BLOCK));
+    let dns = DnsServer::start(zone(&host));
+    let dir = Dir::new();
+    let mut network = String::from(
+        "mode: allowlist
+  allow:
+",
+    );
+    for i in 0..SINGLES {
+        network.push_str(&format!(
+            "    - {}:8080
+",
+            single(i, false)
+        ));
+    }
+    // The test host's IPv6 address among 300 below it and 300 above (chunks of 256).
+    let v6: std::net::Ipv6Addr = host.v6.parse().unwrap();
+    for offset in 1..=300u128 {
+        for near in [
+            u128::from(v6) - (offset << 16),
+            u128::from(v6) + (offset << 16),
+        ] {
+            network.push_str(&format!(
+                "    - \"[{}]:8080\"\n",
+                std::net::Ipv6Addr::from(near)
+            ));
+        }
+    }
+    network.push_str(&format!("    - \"[{v6}]:8080\"\n"));
+    let policy = write_policy(&dir, "p.yaml", &network, &dns);
+    let allowed = [0, 1023, 1024, 2500, 3071, 3072, 4095, 4096, SINGLES - 1];
+    let mut probes: Vec<String> = allowed
+        .iter()
+        .map(|&i| format!("tcp:{}:8080", single(i, false)))
+        .collect();
+    probes.push(format!("tcp:[{v6}]:8080"));
+    let mut expected: Vec<&str> = vec!["ok"; probes.len()];
+    let denied = [
+        format!("tcp:{}:8080", std::net::Ipv4Addr::from(0x0ad7_0001)),
+        format!("tcp:{}:8080", single(1023, true)),
+        format!("tcp:{}:8080", single(2500, true)),
+        format!("tcp:{}:8080", single(SINGLES - 1, true)),
+        format!("tcp:{}:8080", single(SINGLES, false)),
+        format!("tcp:{}:9090", single(2500, false)),
+        format!("tcp:[{v6}]:9090"),
+        format!(
+            "tcp:[{}]:8080",
+            std::net::Ipv6Addr::from(u128::from(v6) + 1)
+        ),
+    ];
+    expected.extend(vec!["denied"; denied.len()]);
+    probes.extend(denied);
+    let out = sbx()
+        .args(["apply", "--backend", backend])
+        .arg(&policy)
+        .args(["--", "python3", PROBE])
+        .args(&probes)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let got: Vec<&str> = text
+        .lines()
+        .map(|l| l.split(' ').nth(3).unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        got,
+        expected,
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(host);
+    if backend == "ebpf" {
+        assert_no_map_entries();
+    }
+}
+
 /// Every map of the eBPF backend is empty (no sandbox is live).
 fn assert_no_map_entries() {
     let doctor = sbx().arg("doctor").output().unwrap();
@@ -1119,8 +1213,9 @@ fn assert_no_map_entries() {
         "DENY4",
         "ALLOW6",
         "DENY6",
-        "EXACT4",
-        "EXACT6",
+        "TABLES",
+        "CHUNKS4",
+        "CHUNKS6",
         "BOUND",
         "ANSWERED4",
         "ANSWERED6",
@@ -1133,14 +1228,14 @@ fn assert_no_map_entries() {
 }
 
 #[test]
-fn ebpf_addresses_beyond_the_exact_maps_capacity_are_enforced_through_the_tries() {
+fn ebpf_addresses_beyond_a_tables_capacity_are_enforced_through_the_tries() {
     require_root();
     let _guard = exclusive();
     let host = TestHost::start(SERVICES);
     let dns = DnsServer::start(zone(&host));
     let dir = Dir::new();
-    // More single addresses than the exact-address map holds (65,536), none adjacent, all
-    // sorting before the test host's, which therefore is among those that spill to the trie.
+    // More single addresses than a sandbox's table holds (65,536), none adjacent, all sorting
+    // before the test host's, which therefore is among those that spill to the trie.
     let mut network = String::from("mode: allowlist\n  allow:\n");
     for i in 0..70_000u32 {
         let [_, a, b, c] = (0x0a01_0000 + 2 * i).to_be_bytes();

@@ -22,9 +22,10 @@ use aya::programs::{
 };
 use ipnet::IpNet;
 use sbx_common::{
-    Addr4Key, Addr6Key, Answered, BoundKey, Exact4Key, Exact6Key, MAX_PORT_RANGES, MAX_RULE_SETS,
-    MODE_ALLOWLIST, MODE_NONE, MODE_OPEN, PROTO_ANY, PROTO_TCP, PROTO_UDP, Policy, RuleSet,
-    RuleSetKey, VERDICT_ALLOW, VERDICT_DENY,
+    Addr4Key, Addr6Key, Answered, BoundKey, CHUNK4, CHUNK6, Chunk, Chunk4, Chunk6, ChunkKey,
+    MAX_CHUNKS, MAX_PORT_RANGES, MAX_RULE_SETS, MODE_ALLOWLIST, MODE_NONE, MODE_OPEN, PROTO_ANY,
+    PROTO_TCP, PROTO_UDP, Policy, RuleSet, RuleSetKey, Table, TableKey, VERDICT_ALLOW,
+    VERDICT_DENY,
 };
 
 use super::{Admit, Backend, Denial, Enforced, Placement};
@@ -46,7 +47,10 @@ const SOCK_PROGRAMS: [(&str, CgroupSockAttachType); 3] = [
     ("post_bind4", CgroupSockAttachType::PostBind4),
     ("post_bind6", CgroupSockAttachType::PostBind6),
 ];
-const MAPS: [&str; 12] = [
+/// How many programs sbx pins.
+pub const PROGRAMS: usize = SOCK_ADDR_PROGRAMS.len() + SOCK_PROGRAMS.len();
+/// The maps sbx pins, each of a fixed maximum size.
+pub const MAPS: [&str; 13] = [
     "ANSWERED4",
     "ANSWERED6",
     "POLICIES",
@@ -55,8 +59,9 @@ const MAPS: [&str; 12] = [
     "DENY4",
     "ALLOW6",
     "DENY6",
-    "EXACT4",
-    "EXACT6",
+    "TABLES",
+    "CHUNKS4",
+    "CHUNKS6",
     "BOUND",
     "EVENTS",
 ];
@@ -186,8 +191,9 @@ struct Maps {
     deny4: LpmTrie<MapData, Addr4Key, u64>,
     allow6: LpmTrie<MapData, Addr6Key, u64>,
     deny6: LpmTrie<MapData, Addr6Key, u64>,
-    exact4: BpfHashMap<MapData, Exact4Key, u64>,
-    exact6: BpfHashMap<MapData, Exact6Key, u64>,
+    tables: BpfHashMap<MapData, TableKey, Table>,
+    chunks4: BpfHashMap<MapData, ChunkKey, Chunk4>,
+    chunks6: BpfHashMap<MapData, ChunkKey, Chunk6>,
     bound: BpfHashMap<MapData, BoundKey, u8>,
     answered4: BpfHashMap<MapData, Addr4Key, Answered>,
     answered6: BpfHashMap<MapData, Addr6Key, Answered>,
@@ -227,8 +233,9 @@ impl Maps {
             deny4: typed("DENY4")?,
             allow6: typed("ALLOW6")?,
             deny6: typed("DENY6")?,
-            exact4: typed("EXACT4")?,
-            exact6: typed("EXACT6")?,
+            tables: typed("TABLES")?,
+            chunks4: typed("CHUNKS4")?,
+            chunks6: typed("CHUNKS6")?,
             bound: typed("BOUND")?,
             answered4: typed("ANSWERED4")?,
             answered6: typed("ANSWERED6")?,
@@ -248,8 +255,9 @@ impl Maps {
         for (trie, keys) in [&self.allow6, &self.deny6].into_iter().zip(&written.v6) {
             let _ = batch::delete(trie.map(), keys);
         }
-        let _ = batch::delete_spread(self.exact4.map(), &written.exact4);
-        let _ = batch::delete_spread(self.exact6.map(), &written.exact6);
+        let _ = batch::delete(self.tables.map(), &written.tables);
+        let _ = batch::delete(self.chunks4.map(), &written.chunks4);
+        let _ = batch::delete(self.chunks6.map(), &written.chunks6);
         // The command's own listeners: few, and not known in advance.
         remove_where!(self.bound, BoundKey, |k: &BoundKey| k.cgroup == cgroup);
         // What the DNS gate admitted.
@@ -278,8 +286,9 @@ impl Maps {
         remove_where!(self.deny6, Key<Addr6Key>, |k: &Key<Addr6Key>| dead(
             k.data().cgroup
         ));
-        remove_where!(self.exact4, Exact4Key, |k: &Exact4Key| dead(k.cgroup));
-        remove_where!(self.exact6, Exact6Key, |k: &Exact6Key| dead(k.cgroup));
+        remove_where!(self.tables, TableKey, |k: &TableKey| dead(k.cgroup));
+        remove_where!(self.chunks4, ChunkKey, |k: &ChunkKey| dead(k.cgroup));
+        remove_where!(self.chunks6, ChunkKey, |k: &ChunkKey| dead(k.cgroup));
         remove_where!(self.bound, BoundKey, |k: &BoundKey| dead(k.cgroup));
         remove_where!(self.answered4, Addr4Key, |k: &Addr4Key| dead(k.cgroup));
         remove_where!(self.answered6, Addr6Key, |k: &Addr6Key| dead(k.cgroup));
@@ -410,17 +419,47 @@ fn trie_key6(cgroup: u64, net: &IpNet) -> Option<Key<Addr6Key>> {
     }
 }
 
+/// The chunks of a table of single addresses (ascending), at most [`MAX_CHUNKS`]: chunk `i`
+/// holds the addresses `i * N..`.
+fn chunks<A: Copy + Default, const N: usize>(singles: &[(A, u64)]) -> Vec<Chunk<A, N>> {
+    singles
+        .chunks(N)
+        .take(MAX_CHUNKS)
+        .map(|part| {
+            let mut chunk = Chunk {
+                addrs: [A::default(); N],
+                bits: [0; N],
+            };
+            for (i, &(addr, bits)) in part.iter().enumerate() {
+                chunk.addrs[i] = addr;
+                chunk.bits[i] = bits;
+            }
+            chunk
+        })
+        .collect()
+}
+
+/// A table's directory entries: the first address of each chunk.
+fn firsts<A: Copy + Default, const N: usize>(chunks: &[Chunk<A, N>]) -> [A; MAX_CHUNKS] {
+    let mut firsts = [A::default(); MAX_CHUNKS];
+    for (first, chunk) in firsts.iter_mut().zip(chunks) {
+        *first = chunk.addrs[0];
+    }
+    firsts
+}
+
 pub struct Ebpf;
 
 /// What `fill` wrote, so that teardown removes exactly that: rule set keys, the address keys of
-/// each trie (allow then deny), and the exact-address keys.
+/// each trie (allow then deny), and the tables' keys.
 #[derive(Default)]
 struct Written {
     rule_sets: Vec<RuleSetKey>,
     v4: [Vec<Key<Addr4Key>>; 2],
     v6: [Vec<Key<Addr6Key>>; 2],
-    exact4: Vec<Exact4Key>,
-    exact6: Vec<Exact6Key>,
+    tables: Vec<TableKey>,
+    chunks4: Vec<ChunkKey>,
+    chunks6: Vec<ChunkKey>,
 }
 
 struct Live {
@@ -673,19 +712,16 @@ impl Live {
             } else {
                 (&maps.deny4, &maps.deny6)
             };
-            let mut exact4: Vec<(Exact4Key, u64)> = Vec::new();
-            let mut exact6: Vec<(Exact6Key, u64)> = Vec::new();
+            let mut singles4: Vec<(u32, u64)> = Vec::new();
+            let mut singles6: Vec<([u64; 2], u64)> = Vec::new();
             let mut in_trie4: Vec<(Key<Addr4Key>, u64)> = Vec::new();
             let mut in_trie6: Vec<(Key<Addr6Key>, u64)> = Vec::new();
             for &(net, bits) in &blocks {
                 match net {
-                    IpNet::V4(n) if n.prefix_len() == 32 => {
-                        let key = Exact4Key::new(cgroup, verdict, n.addr().octets());
-                        exact4.push((key, bits));
-                    }
+                    IpNet::V4(n) if n.prefix_len() == 32 => singles4.push((n.addr().into(), bits)),
                     IpNet::V6(n) if n.prefix_len() == 128 => {
-                        let key = Exact6Key::new(cgroup, verdict, n.addr().octets());
-                        exact6.push((key, bits));
+                        let addr = u128::from(n.addr());
+                        singles6.push(([(addr >> 64) as u64, addr as u64], bits));
                     }
                     _ => {
                         in_trie4.extend(trie_key4(cgroup, &net).map(|k| (k, bits)));
@@ -693,27 +729,58 @@ impl Live {
                     }
                 }
             }
-            // The exact maps are shared and bounded: what does not fit goes to the tries.
-            let spread4 = batch::update_spread(maps.exact4.map(), &exact4);
-            self.written.exact4.extend(spread4.written);
-            for (key, bits) in spread4.spilled {
-                let net = IpNet::from(IpAddr::from(key.addr));
+            // `blocks` is in address order, so the singles are too.
+            let key = |index: usize| ChunkKey {
+                cgroup,
+                verdict,
+                index: index as u32,
+            };
+            // A table holds MAX_CHUNKS chunks, and the chunk maps are shared and bounded (a
+            // full one refuses with E2BIG): what does not fit goes to the tries.
+            let fits = |outcome: batch::Outcome, what: &str| match outcome.error {
+                Some(e) if e.raw_os_error() != Some(libc::E2BIG) => {
+                    Err(e).step(|| format!("write the single {what} addresses"))
+                }
+                _ => Ok(outcome.done),
+            };
+            let chunks4 = chunks(&singles4);
+            let keys4: Vec<ChunkKey> = (0..chunks4.len()).map(key).collect();
+            let written4 = batch::update_pairs(maps.chunks4.map(), &keys4, &chunks4);
+            self.written
+                .chunks4
+                .extend_from_slice(&keys4[..written4.done]);
+            let written4 = fits(written4, "IPv4")?;
+            let chunks6 = chunks(&singles6);
+            let keys6: Vec<ChunkKey> = (0..chunks6.len()).map(key).collect();
+            let written6 = batch::update_pairs(maps.chunks6.map(), &keys6, &chunks6);
+            self.written
+                .chunks6
+                .extend_from_slice(&keys6[..written6.done]);
+            let written6 = fits(written6, "IPv6")?;
+            let len4 = singles4.len().min(written4 * CHUNK4);
+            let len6 = singles6.len().min(written6 * CHUNK6);
+            for &(addr, bits) in &singles4[len4..] {
+                let net = IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(addr)));
                 in_trie4.extend(trie_key4(cgroup, &net).map(|k| (k, bits)));
             }
-            let spread6 = batch::update_spread(maps.exact6.map(), &exact6);
-            self.written.exact6.extend(spread6.written);
-            for (key, bits) in spread6.spilled {
-                let net = IpNet::from(IpAddr::from(key.addr));
-                in_trie6.extend(trie_key6(cgroup, &net).map(|k| (k, bits)));
+            for &([high, low], bits) in &singles6[len6..] {
+                let addr = std::net::Ipv6Addr::from((u128::from(high) << 64) | u128::from(low));
+                in_trie6
+                    .extend(trie_key6(cgroup, &IpNet::from(IpAddr::from(addr))).map(|k| (k, bits)));
             }
-            spread4
-                .error
-                .map_or(Ok(()), Err)
-                .step(|| "write the exact IPv4 address entries".into())?;
-            spread6
-                .error
-                .map_or(Ok(()), Err)
-                .step(|| "write the exact IPv6 address entries".into())?;
+            if len4 + len6 > 0 {
+                let table = Table {
+                    len4: len4 as u32,
+                    len6: len6 as u32,
+                    first4: firsts(&chunks4[..written4]),
+                    first6: firsts(&chunks6[..written6]),
+                };
+                let key = TableKey::new(cgroup, verdict);
+                maps.tables
+                    .insert(key, table, 0)
+                    .step(|| "write the single addresses' table".into())?;
+                self.written.tables.push(key);
+            }
             // Recorded first: a batch that fails half-way has written some of its entries.
             let slot = verdict as usize;
             self.written.v4[slot] = in_trie4.iter().map(|(k, _)| *k).collect();
@@ -1104,8 +1171,9 @@ pub fn pinned_entries() -> Vec<(&'static str, usize)> {
         ("DENY4", maps.deny4.keys().count()),
         ("ALLOW6", maps.allow6.keys().count()),
         ("DENY6", maps.deny6.keys().count()),
-        ("EXACT4", maps.exact4.keys().count()),
-        ("EXACT6", maps.exact6.keys().count()),
+        ("TABLES", maps.tables.keys().count()),
+        ("CHUNKS4", maps.chunks4.keys().count()),
+        ("CHUNKS6", maps.chunks6.keys().count()),
         ("BOUND", maps.bound.keys().count()),
         ("ANSWERED4", maps.answered4.keys().count()),
         ("ANSWERED6", maps.answered6.keys().count()),
@@ -1146,83 +1214,6 @@ mod batch {
         pub fn ok(self) -> std::io::Result<()> {
             self.error.map_or(Ok(()), Err)
         }
-    }
-
-    /// Hash map entries written in parts, one per core (a hash map locks per bucket, so the
-    /// parts do not wait on one another): the keys written, the entries a full map (E2BIG)
-    /// did not take, and any other error.
-    pub struct Spread<K, V> {
-        pub written: Vec<K>,
-        pub spilled: Vec<(K, V)>,
-        pub error: Option<std::io::Error>,
-    }
-
-    fn parts() -> usize {
-        std::thread::available_parallelism().map_or(1, usize::from)
-    }
-
-    /// Below this many entries a thread costs more than it saves.
-    const PART: usize = 2048;
-
-    pub fn update_spread<K, V>(map: &MapData, entries: &[(K, V)]) -> Spread<K, V>
-    where
-        K: aya::Pod + Send + Sync,
-        V: aya::Pod + Send + Sync,
-    {
-        let size = entries.len().div_ceil(parts()).max(PART);
-        let outcomes: Vec<Outcome> = on_cores(entries, size, |part| update(map, part));
-        let mut spread = Spread {
-            written: Vec::with_capacity(entries.len()),
-            spilled: Vec::new(),
-            error: None,
-        };
-        for (part, outcome) in entries.chunks(size).zip(outcomes) {
-            spread
-                .written
-                .extend(part[..outcome.done].iter().map(|(k, _)| *k));
-            match outcome.error {
-                None => {}
-                Some(e) if e.raw_os_error() == Some(libc::E2BIG) => {
-                    spread.spilled.extend_from_slice(&part[outcome.done..]);
-                }
-                Some(e) => spread.error = Some(e),
-            }
-        }
-        spread
-    }
-
-    /// `delete` in parts, one per core, as `update_spread` writes them.
-    pub fn delete_spread<K: aya::Pod + Send + Sync>(
-        map: &MapData,
-        keys: &[K],
-    ) -> std::io::Result<()> {
-        let size = keys.len().div_ceil(parts()).max(PART);
-        on_cores(keys, size, |part| delete(map, part))
-            .into_iter()
-            .collect()
-    }
-
-    /// `work` on each `size` part of `items`, the first on this thread and the others each on
-    /// a thread of its own; the results in order.
-    fn on_cores<T: Sync, R: Send>(
-        items: &[T],
-        size: usize,
-        work: impl Fn(&[T]) -> R + Sync,
-    ) -> Vec<R> {
-        let mut parts = items.chunks(size.max(1));
-        let Some(first) = parts.next() else {
-            return Vec::new();
-        };
-        std::thread::scope(|scope| {
-            let others: Vec<_> = parts.map(|part| scope.spawn(|| work(part))).collect();
-            let mut results = vec![work(first)];
-            results.extend(
-                others
-                    .into_iter()
-                    .map(|p| p.join().expect("batch thread does not panic")),
-            );
-            results
-        })
     }
 
     fn call(
@@ -1271,6 +1262,16 @@ mod batch {
     /// Writes `entries` (the map's key and value types), in order.
     pub fn update<K: aya::Pod, V: aya::Pod>(map: &MapData, entries: &[(K, V)]) -> Outcome {
         let (keys, values): (Vec<K>, Vec<V>) = entries.iter().copied().unzip();
+        update_pairs(map, &keys, &values)
+    }
+
+    /// Writes `values[i]` under `keys[i]`, in order.
+    pub fn update_pairs<K: aya::Pod, V: aya::Pod>(
+        map: &MapData,
+        keys: &[K],
+        values: &[V],
+    ) -> Outcome {
+        assert_eq!(keys.len(), values.len(), "a value for every key");
         call(
             BPF_MAP_UPDATE_BATCH,
             map,
