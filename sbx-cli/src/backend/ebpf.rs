@@ -11,15 +11,13 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, Map, MapData};
-use aya::programs::{
-    CgroupAttachMode, CgroupSock, CgroupSockAddr, CgroupSockAddrAttachType, CgroupSockAttachType,
-};
+use aya::programs::{CgroupSock, CgroupSockAddr};
 use ipnet::IpNet;
 use sbx_common::{
     Addr4Key, Addr6Key, Answered, BoundKey, CHUNK4, CHUNK6, Chunk, Chunk4, Chunk6, ChunkKey,
@@ -32,20 +30,21 @@ use super::{Admit, Backend, Denial, Enforced, Placement};
 use crate::plan::{Plan, RuleSet as PlanRuleSet};
 use crate::policy::{Mode, Ports, Protocol};
 use crate::sandbox::state::{Locked, STATE_DIR};
+use crate::sys::bpf::{self, AttachType};
 use crate::sys::{Step, SysError};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../ebpf/sbx.bpf.o");
 
-const SOCK_ADDR_PROGRAMS: [(&str, CgroupSockAddrAttachType); 4] = [
-    ("connect4", CgroupSockAddrAttachType::Connect4),
-    ("connect6", CgroupSockAddrAttachType::Connect6),
-    ("sendmsg4", CgroupSockAddrAttachType::UDPSendMsg4),
-    ("sendmsg6", CgroupSockAddrAttachType::UDPSendMsg6),
+const SOCK_ADDR_PROGRAMS: [(&str, AttachType); 4] = [
+    ("connect4", AttachType::Connect4),
+    ("connect6", AttachType::Connect6),
+    ("sendmsg4", AttachType::SendMsg4),
+    ("sendmsg6", AttachType::SendMsg6),
 ];
-const SOCK_PROGRAMS: [(&str, CgroupSockAttachType); 3] = [
-    ("sock_create", CgroupSockAttachType::SockCreate),
-    ("post_bind4", CgroupSockAttachType::PostBind4),
-    ("post_bind6", CgroupSockAttachType::PostBind6),
+const SOCK_PROGRAMS: [(&str, AttachType); 3] = [
+    ("sock_create", AttachType::SockCreate),
+    ("post_bind4", AttachType::PostBind4),
+    ("post_bind6", AttachType::PostBind6),
 ];
 /// How many programs sbx pins.
 pub const PROGRAMS: usize = SOCK_ADDR_PROGRAMS.len() + SOCK_PROGRAMS.len();
@@ -475,8 +474,8 @@ struct Live {
     /// Open for the life of the sandbox: the command is started in it (see `sys::spawn`).
     cgroup_dir: File,
     mode: u8,
-    sock_addr: Vec<CgroupSockAddr>,
-    sock: Vec<CgroupSock>,
+    /// The programs' links to the cgroup: closing them detaches the programs.
+    links: Vec<OwnedFd>,
 }
 
 impl Backend for Ebpf {
@@ -557,8 +556,7 @@ impl Backend for Ebpf {
             written: Written::default(),
             cgroup_dir,
             mode,
-            sock_addr: Vec::new(),
-            sock: Vec::new(),
+            links: Vec::new(),
         };
         // Both only write to the kernel, to different objects: one on each core.
         let (filled, attached) = std::thread::scope(|scope| {
@@ -570,10 +568,7 @@ impl Backend for Ebpf {
                 attaching.join().expect("attach thread does not panic"),
             )
         });
-        let attached = attached.map(|(sock_addr, sock)| {
-            live.sock_addr = sock_addr;
-            live.sock = sock;
-        });
+        let attached = attached.map(|links| live.links = links);
         if let Err(e) = filled.and(attached) {
             let _ = Box::new(live).teardown(locked);
             return Err(e);
@@ -608,28 +603,18 @@ impl Backend for Ebpf {
 }
 
 /// Attaches the pinned programs to `cgroup` through bpf links (closing them detaches).
-fn attach(cgroup: &Path) -> Result<(Vec<CgroupSockAddr>, Vec<CgroupSock>), SysError> {
+fn attach(cgroup: &Path) -> Result<Vec<OwnedFd>, SysError> {
     let dir = File::open(cgroup).step(|| format!("open {}", cgroup.display()))?;
-    // Opens and attaches each pinned program of a list, as the aya type its hook takes.
-    macro_rules! attach_all {
-        ($kind:ident, $programs:expr) => {
-            $programs
-                .into_iter()
-                .map(|(name, hook)| {
-                    let mut program = $kind::from_pin(pins().join(format!("prog_{name}")), hook)
-                        .step(|| format!("open pinned program {name}"))?;
-                    program
-                        .attach(&dir, CgroupAttachMode::Single)
-                        .step(|| format!("attach {name} to {}", cgroup.display()))?;
-                    Ok(program)
-                })
-                .collect::<Result<Vec<$kind>, SysError>>()
-        };
-    }
-    Ok((
-        attach_all!(CgroupSockAddr, SOCK_ADDR_PROGRAMS)?,
-        attach_all!(CgroupSock, SOCK_PROGRAMS)?,
-    ))
+    SOCK_ADDR_PROGRAMS
+        .iter()
+        .chain(&SOCK_PROGRAMS)
+        .map(|&(name, hook)| {
+            let program = bpf::obj_get(&pins().join(format!("prog_{name}")))
+                .step(|| format!("open pinned program {name}"))?;
+            bpf::link_create(program.as_fd(), dir.as_fd(), hook)
+                .step(|| format!("attach {name} to {}", cgroup.display()))
+        })
+        .collect()
 }
 
 /// The cgroup ids of sandboxes that still have a cgroup.
@@ -881,8 +866,7 @@ impl Enforced for Live {
             cgroup_id,
             written,
             cgroup_dir,
-            sock_addr,
-            sock,
+            links,
             ..
         } = *self;
         // The entries first, spread over the cores, then the programs and the cgroup: run side
@@ -891,9 +875,8 @@ impl Enforced for Live {
             .lock()
             .map_err(|_| SysError::new("remove the sandbox's map entries", "poisoned"))
             .map(|mut maps| maps.remove(cgroup_id, &written));
-        // Dropping the programs closes their links: they detach from the cgroup.
-        drop(sock_addr);
-        drop(sock);
+        // Closing the links detaches the programs from the cgroup.
+        drop(links);
         drop(cgroup_dir);
         let removed = remove_cgroup(&cgroup);
         // The parent goes with its last sandbox (another live one keeps it: then this fails).
@@ -1180,89 +1163,20 @@ pub fn pinned_entries() -> Vec<(&'static str, usize)> {
     ]
 }
 
-/// Batch writes and removals (BPF_MAP_UPDATE_BATCH, BPF_MAP_DELETE_BATCH), which aya does not
-/// offer: one system call for a whole policy's address entries instead of one per entry.
+/// Batch writes and removals (`sys::bpf`) on aya's maps: one system call for a whole policy's
+/// address entries instead of one per entry.
 mod batch {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
+    use std::os::fd::AsFd as _;
 
     use aya::maps::MapData;
 
-    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-    const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
-
-    /// The `batch` member of the kernel's `union bpf_attr`.
-    #[repr(C)]
-    #[derive(Default)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-
-    /// How far a batch got: the kernel stops at the first entry it cannot take.
-    pub struct Outcome {
-        pub done: usize,
-        pub error: Option<std::io::Error>,
-    }
-
-    impl Outcome {
-        pub fn ok(self) -> std::io::Result<()> {
-            self.error.map_or(Ok(()), Err)
-        }
-    }
-
-    fn call(
-        command: libc::c_long,
-        map: &MapData,
-        keys: *const u8,
-        values: *const u8,
-        count: usize,
-    ) -> Outcome {
-        if count == 0 {
-            return Outcome {
-                done: 0,
-                error: None,
-            };
-        }
-        let mut attr = BatchAttr {
-            keys: keys as u64,
-            values: values as u64,
-            count: u32::try_from(count).unwrap_or(u32::MAX),
-            map_fd: map.fd().as_fd().as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: `attr` points at `count` keys (and values) of the map's sizes, alive for the
-        // call; the kernel reads them and writes back only `attr.count`.
-        let result = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                command,
-                &raw mut attr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        if result < 0 {
-            Outcome {
-                error: Some(std::io::Error::last_os_error()),
-                done: attr.count as usize,
-            }
-        } else {
-            Outcome {
-                done: count,
-                error: None,
-            }
-        }
-    }
+    pub use crate::sys::bpf::Outcome;
+    use crate::sys::bpf::{map_delete_batch, map_update_batch};
 
     /// Writes `entries` (the map's key and value types), in order.
     pub fn update<K: aya::Pod, V: aya::Pod>(map: &MapData, entries: &[(K, V)]) -> Outcome {
         let (keys, values): (Vec<K>, Vec<V>) = entries.iter().copied().unzip();
-        update_pairs(map, &keys, &values)
+        map_update_batch(map.fd().as_fd(), &keys, &values)
     }
 
     /// Writes `values[i]` under `keys[i]`, in order.
@@ -1271,25 +1185,11 @@ mod batch {
         keys: &[K],
         values: &[V],
     ) -> Outcome {
-        assert_eq!(keys.len(), values.len(), "a value for every key");
-        call(
-            BPF_MAP_UPDATE_BATCH,
-            map,
-            keys.as_ptr().cast(),
-            values.as_ptr().cast(),
-            keys.len(),
-        )
+        map_update_batch(map.fd().as_fd(), keys, values)
     }
 
     /// Removes `keys`; stops at the first that is not there.
     pub fn delete<K: aya::Pod>(map: &MapData, keys: &[K]) -> std::io::Result<()> {
-        call(
-            BPF_MAP_DELETE_BATCH,
-            map,
-            keys.as_ptr().cast(),
-            std::ptr::null(),
-            keys.len(),
-        )
-        .ok()
+        map_delete_batch(map.fd().as_fd(), keys)
     }
 }

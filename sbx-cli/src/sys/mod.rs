@@ -1,6 +1,7 @@
-//! Kernel interfaces, each wrapped once: namespaces, capabilities, sysctls, file locks. Errors
-//! say which step failed.
+//! Kernel interfaces, each wrapped once: namespaces, capabilities, sysctls, file locks, bpf.
+//! Errors say which step failed.
 
+pub mod bpf;
 pub mod caps;
 pub mod netns;
 pub mod spawn;
