@@ -138,24 +138,38 @@ fn at_most4(a: u32, x: u32) -> u64 {
     !below(x as u64, a as u64)
 }
 
+/// The rule-set bits of `x` in one family of a sandbox's table (`len` addresses in `chunks`,
+/// each beginning with its entry of `firsts`); 0 when it is not there.
+#[inline(always)]
+fn table_bits<A: Copy + PartialEq, const N: usize>(
+    chunks: &HashMap<ChunkKey, Chunk<A, N>>,
+    cgroup: u64,
+    verdict: u32,
+    len: usize,
+    firsts: &[A; MAX_CHUNKS],
+    x: A,
+    at_most: impl Fn(A, A) -> u64,
+) -> u64 {
+    let Some(index) = last_at_most::<MAX_CHUNKS>(len.div_ceil(N), |i| at_most(firsts[i], x)) else {
+        return 0;
+    };
+    // SAFETY: the value is only read.
+    let Some(chunk) = (unsafe { chunks.get(&ChunkKey { cgroup, verdict, index: index as u32 }) }) else {
+        return 0;
+    };
+    match last_at_most::<N>(len - index * N, |i| at_most(chunk.addrs[i], x)) {
+        Some(i) if chunk.addrs[i] == x => chunk.bits[i],
+        _ => 0,
+    }
+}
+
 /// The rule-set bits of a single address in a sandbox's IPv4 table; 0 when it is not there.
 #[inline(always)]
 fn table4(cgroup: u64, verdict: u32, addr: [u8; 4]) -> u64 {
-    let x = u32::from_be_bytes(addr);
-    // SAFETY (all lookups): the values are only read.
-    let Some(table) = (unsafe { TABLES.get(&TableKey::new(cgroup, verdict)) }) else {
-        return 0;
-    };
-    let len = table.len4 as usize;
-    let Some(index) = last_at_most::<MAX_CHUNKS>(len.div_ceil(CHUNK4), |i| at_most4(table.first4[i], x)) else {
-        return 0;
-    };
-    let Some(chunk) = (unsafe { CHUNKS4.get(&ChunkKey { cgroup, verdict, index: index as u32 }) }) else {
-        return 0;
-    };
-    match last_at_most::<CHUNK4>(len - index * CHUNK4, |i| at_most4(chunk.addrs[i], x)) {
-        Some(i) if chunk.addrs[i] == x => chunk.bits[i],
-        _ => 0,
+    // SAFETY: the value is only read.
+    match unsafe { TABLES.get(&TableKey::new(cgroup, verdict)) } {
+        Some(t) => table_bits(&CHUNKS4, cgroup, verdict, t.len4 as usize, &t.first4, u32::from_be_bytes(addr), at_most4),
+        None => 0,
     }
 }
 
@@ -178,21 +192,10 @@ fn table6(cgroup: u64, verdict: u32, addr: [u8; 16]) -> u64 {
         }
         n
     };
-    let x = [half(0), half(8)];
-    // SAFETY (all lookups): the values are only read.
-    let Some(table) = (unsafe { TABLES.get(&TableKey::new(cgroup, verdict)) }) else {
-        return 0;
-    };
-    let len = table.len6 as usize;
-    let Some(index) = last_at_most::<MAX_CHUNKS>(len.div_ceil(CHUNK6), |i| at_most6(table.first6[i], x)) else {
-        return 0;
-    };
-    let Some(chunk) = (unsafe { CHUNKS6.get(&ChunkKey { cgroup, verdict, index: index as u32 }) }) else {
-        return 0;
-    };
-    match last_at_most::<CHUNK6>(len - index * CHUNK6, |i| at_most6(chunk.addrs[i], x)) {
-        Some(i) if chunk.addrs[i] == x => chunk.bits[i],
-        _ => 0,
+    // SAFETY: the value is only read.
+    match unsafe { TABLES.get(&TableKey::new(cgroup, verdict)) } {
+        Some(t) => table_bits(&CHUNKS6, cgroup, verdict, t.len6 as usize, &t.first6, [half(0), half(8)], at_most6),
+        None => 0,
     }
 }
 

@@ -20,10 +20,9 @@ use aya::maps::{HashMap as BpfHashMap, IterableMap as _, Map, MapData};
 use aya::programs::{CgroupSock, CgroupSockAddr};
 use ipnet::IpNet;
 use sbx_common::{
-    Addr4Key, Addr6Key, Answered, BoundKey, CHUNK4, CHUNK6, Chunk, Chunk4, Chunk6, ChunkKey,
-    MAX_CHUNKS, MAX_PORT_RANGES, MAX_RULE_SETS, MODE_ALLOWLIST, MODE_NONE, MODE_OPEN, PROTO_ANY,
-    PROTO_TCP, PROTO_UDP, Policy, RuleSet, RuleSetKey, Table, TableKey, VERDICT_ALLOW,
-    VERDICT_DENY,
+    Addr4Key, Addr6Key, Answered, BoundKey, Chunk, Chunk4, Chunk6, ChunkKey, MAX_CHUNKS,
+    MAX_PORT_RANGES, MAX_RULE_SETS, MODE_ALLOWLIST, MODE_NONE, MODE_OPEN, PROTO_ANY, PROTO_TCP,
+    PROTO_UDP, Policy, RuleSet, RuleSetKey, Table, TableKey, VERDICT_ALLOW, VERDICT_DENY,
 };
 
 use super::{Admit, Backend, Denial, Enforced, Placement};
@@ -418,33 +417,47 @@ fn trie_key6(cgroup: u64, net: &IpNet) -> Option<Key<Addr6Key>> {
     }
 }
 
-/// The chunks of a table of single addresses (ascending), at most [`MAX_CHUNKS`]: chunk `i`
-/// holds the addresses `i * N..`.
-fn chunks<A: Copy + Default, const N: usize>(singles: &[(A, u64)]) -> Vec<Chunk<A, N>> {
-    singles
-        .chunks(N)
-        .take(MAX_CHUNKS)
-        .map(|part| {
-            let mut chunk = Chunk {
-                addrs: [A::default(); N],
-                bits: [0; N],
-            };
-            for (i, &(addr, bits)) in part.iter().enumerate() {
-                chunk.addrs[i] = addr;
-                chunk.bits[i] = bits;
-            }
-            chunk
-        })
-        .collect()
-}
-
-/// A table's directory entries: the first address of each chunk.
-fn firsts<A: Copy + Default, const N: usize>(chunks: &[Chunk<A, N>]) -> [A; MAX_CHUNKS] {
+/// Writes the chunks of one family of a sandbox's table of `singles` (ascending), and records
+/// the keys written in `written`: chunk `i` holds the addresses `i * N..`. Returns how many of the
+/// singles the table holds, and the first address of each chunk, for the table's directory. A
+/// table holds [`MAX_CHUNKS`] chunks, and the chunk maps are shared and bounded (a full one
+/// takes no more: E2BIG); the singles beyond are the caller's to put in the tries.
+fn write_table<A: Copy + Default, const N: usize>(
+    map: &BpfHashMap<MapData, ChunkKey, Chunk<A, N>>,
+    singles: &[(A, u64)],
+    cgroup: u64,
+    verdict: u32,
+    written: &mut Vec<ChunkKey>,
+) -> std::io::Result<(usize, [A; MAX_CHUNKS])>
+where
+    Chunk<A, N>: aya::Pod,
+{
+    let mut keys = Vec::new();
+    let mut chunks = Vec::new();
     let mut firsts = [A::default(); MAX_CHUNKS];
-    for (first, chunk) in firsts.iter_mut().zip(chunks) {
-        *first = chunk.addrs[0];
+    for (index, part) in singles.chunks(N).take(MAX_CHUNKS).enumerate() {
+        let mut chunk = Chunk {
+            addrs: [A::default(); N],
+            bits: [0; N],
+        };
+        for (i, &(addr, bits)) in part.iter().enumerate() {
+            chunk.addrs[i] = addr;
+            chunk.bits[i] = bits;
+        }
+        firsts[index] = chunk.addrs[0];
+        chunks.push(chunk);
+        keys.push(ChunkKey {
+            cgroup,
+            verdict,
+            index: index as u32,
+        });
     }
-    firsts
+    let outcome = batch::update_pairs(map.map(), &keys, &chunks);
+    written.extend_from_slice(&keys[..outcome.done]);
+    match outcome.error {
+        Some(e) if e.raw_os_error() != Some(libc::E2BIG) => Err(e),
+        _ => Ok((singles.len().min(outcome.done * N), firsts)),
+    }
 }
 
 pub struct Ebpf;
@@ -715,35 +728,22 @@ impl Live {
                 }
             }
             // `blocks` is in address order, so the singles are too.
-            let key = |index: usize| ChunkKey {
+            let (len4, first4) = write_table(
+                &maps.chunks4,
+                &singles4,
                 cgroup,
                 verdict,
-                index: index as u32,
-            };
-            // A table holds MAX_CHUNKS chunks, and the chunk maps are shared and bounded (a
-            // full one refuses with E2BIG): what does not fit goes to the tries.
-            let fits = |outcome: batch::Outcome, what: &str| match outcome.error {
-                Some(e) if e.raw_os_error() != Some(libc::E2BIG) => {
-                    Err(e).step(|| format!("write the single {what} addresses"))
-                }
-                _ => Ok(outcome.done),
-            };
-            let chunks4 = chunks(&singles4);
-            let keys4: Vec<ChunkKey> = (0..chunks4.len()).map(key).collect();
-            let written4 = batch::update_pairs(maps.chunks4.map(), &keys4, &chunks4);
-            self.written
-                .chunks4
-                .extend_from_slice(&keys4[..written4.done]);
-            let written4 = fits(written4, "IPv4")?;
-            let chunks6 = chunks(&singles6);
-            let keys6: Vec<ChunkKey> = (0..chunks6.len()).map(key).collect();
-            let written6 = batch::update_pairs(maps.chunks6.map(), &keys6, &chunks6);
-            self.written
-                .chunks6
-                .extend_from_slice(&keys6[..written6.done]);
-            let written6 = fits(written6, "IPv6")?;
-            let len4 = singles4.len().min(written4 * CHUNK4);
-            let len6 = singles6.len().min(written6 * CHUNK6);
+                &mut self.written.chunks4,
+            )
+            .step(|| "write the single IPv4 addresses".into())?;
+            let (len6, first6) = write_table(
+                &maps.chunks6,
+                &singles6,
+                cgroup,
+                verdict,
+                &mut self.written.chunks6,
+            )
+            .step(|| "write the single IPv6 addresses".into())?;
             for &(addr, bits) in &singles4[len4..] {
                 let net = IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(addr)));
                 in_trie4.extend(trie_key4(cgroup, &net).map(|k| (k, bits)));
@@ -757,8 +757,8 @@ impl Live {
                 let table = Table {
                     len4: len4 as u32,
                     len6: len6 as u32,
-                    first4: firsts(&chunks4[..written4]),
-                    first6: firsts(&chunks6[..written6]),
+                    first4,
+                    first6,
                 };
                 let key = TableKey::new(cgroup, verdict);
                 maps.tables
