@@ -1137,13 +1137,15 @@ fn thousands_of_single_addresses_allow_each_and_only_those(backend: &str) {
             single(i, false)
         ));
     }
-    // The test host's IPv6 address among 300 below it and 300 above (chunks of 256).
+    // The test host's IPv6 address among 300 below it and 300 above (chunks of 256), half of
+    // them differing from it in the high 64 bits, half only in the low.
     let v6: std::net::Ipv6Addr = host.v6.parse().unwrap();
-    for offset in 1..=300u128 {
-        for near in [
-            u128::from(v6) - (offset << 16),
-            u128::from(v6) + (offset << 16),
-        ] {
+    for offset in 1..=150u128 {
+        let apart = [offset << 16, offset << 80];
+        for near in apart
+            .map(|d| [u128::from(v6) - d, u128::from(v6) + d])
+            .concat()
+        {
             network.push_str(&format!(
                 "    - \"[{}]:8080\"\n",
                 std::net::Ipv6Addr::from(near)
