@@ -46,17 +46,36 @@ pub struct RuleSet {
     pub ports: [[u16; 2]; MAX_PORT_RANGES],
 }
 
-/// Key of the rule set arrays: sandbox, verdict (0 allow, 1 deny), index.
+/// The rule sets of one sandbox and verdict: bit `i` of an address entry's value stands for
+/// `sets[i]`. One map entry, so that a connect looks them up once.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RuleSetKey {
-    pub cgroup: u64,
-    pub verdict: u32,
-    pub index: u32,
+pub struct RuleSets {
+    pub sets: [RuleSet; MAX_RULE_SETS],
 }
 
 pub const VERDICT_ALLOW: u32 = 0;
 pub const VERDICT_DENY: u32 = 1;
+
+/// A sandbox (its cgroup id) and a verdict: the key of its [`RuleSets`] and its [`Table`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerdictKey {
+    pub cgroup: u64,
+    /// [`VERDICT_ALLOW`] or [`VERDICT_DENY`].
+    pub verdict: u32,
+    pub _pad: u32,
+}
+
+impl VerdictKey {
+    pub const fn new(cgroup: u64, verdict: u32) -> Self {
+        VerdictKey {
+            cgroup,
+            verdict,
+            _pad: 0,
+        }
+    }
+}
 
 /// Data of an LPM trie key for IPv4 address entries: the cgroup id (always matched whole) then
 /// the address in network order. The trie's prefix length counts bits from the cgroup id on.
@@ -85,26 +104,6 @@ pub const CHUNK4: usize = 1024;
 pub const CHUNK6: usize = 256;
 /// Chunks per table: a sandbox's table holds 65,536 IPv4 or 16,384 IPv6 addresses per verdict.
 pub const MAX_CHUNKS: usize = 64;
-
-/// Key of a sandbox's [`Table`]: its cgroup id and the verdict.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TableKey {
-    pub cgroup: u64,
-    /// [`VERDICT_ALLOW`] or [`VERDICT_DENY`].
-    pub verdict: u32,
-    pub _pad: u32,
-}
-
-impl TableKey {
-    pub const fn new(cgroup: u64, verdict: u32) -> Self {
-        TableKey {
-            cgroup,
-            verdict,
-            _pad: 0,
-        }
-    }
-}
 
 /// Key of a chunk: the table's, and the chunk's place in it.
 #[repr(C)]
@@ -193,10 +192,10 @@ mod user {
     // SAFETY (all): plain `#[repr(C)]` data with explicit padding, valid for any bit pattern.
     unsafe impl aya::Pod for Policy {}
     unsafe impl aya::Pod for RuleSet {}
-    unsafe impl aya::Pod for RuleSetKey {}
+    unsafe impl aya::Pod for RuleSets {}
     unsafe impl aya::Pod for Addr4Key {}
     unsafe impl aya::Pod for Addr6Key {}
-    unsafe impl aya::Pod for TableKey {}
+    unsafe impl aya::Pod for VerdictKey {}
     unsafe impl aya::Pod for ChunkKey {}
     unsafe impl aya::Pod for Table {}
     unsafe impl aya::Pod for Chunk4 {}

@@ -26,8 +26,7 @@ const MAX_ADDRESS_ENTRIES: u32 = 1 << 20;
 #[map]
 static POLICIES: HashMap<u64, Policy> = HashMap::with_max_entries(MAX_SANDBOXES, 0);
 #[map]
-static RULE_SETS: HashMap<RuleSetKey, RuleSet> =
-    HashMap::with_max_entries(MAX_SANDBOXES * 2 * MAX_RULE_SETS as u32, BPF_F_NO_PREALLOC);
+static RULE_SETS: HashMap<VerdictKey, RuleSets> = HashMap::with_max_entries(MAX_SANDBOXES * 2, BPF_F_NO_PREALLOC);
 #[map]
 static ALLOW4: LpmTrie<Addr4Key, u64> = LpmTrie::with_max_entries(MAX_ADDRESS_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
@@ -37,9 +36,9 @@ static ALLOW6: LpmTrie<Addr6Key, u64> = LpmTrie::with_max_entries(MAX_ADDRESS_EN
 #[map]
 static DENY6: LpmTrie<Addr6Key, u64> = LpmTrie::with_max_entries(MAX_ADDRESS_ENTRIES, BPF_F_NO_PREALLOC);
 /// Single addresses, in sorted tables (see `sbx_common::Table`). Chunks are allocated as they are
-/// written; at most 12 MiB (IPv4) and 6 MiB (IPv6) of kernel memory, shared by every sandbox.
+/// written; at most 1,024 of 12 KiB (IPv4) and of 6 KiB (IPv6), shared by every sandbox.
 #[map]
-static TABLES: HashMap<TableKey, Table> = HashMap::with_max_entries(MAX_SANDBOXES * 2, BPF_F_NO_PREALLOC);
+static TABLES: HashMap<VerdictKey, Table> = HashMap::with_max_entries(MAX_SANDBOXES * 2, BPF_F_NO_PREALLOC);
 #[map]
 static CHUNKS4: HashMap<ChunkKey, Chunk4> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 #[map]
@@ -72,24 +71,23 @@ fn cgroup() -> u64 {
 /// Whether a rule set of `bits` (of `verdict`) covers `protocol` and `port`.
 #[inline(always)]
 fn rule_sets_match(cgroup: u64, verdict: u32, bits: u64, protocol: u8, port: u16) -> bool {
-    let mut index = 0u32;
-    while index < MAX_RULE_SETS as u32 {
-        if bits & (1u64 << index) != 0 {
-            let key = RuleSetKey { cgroup, verdict, index };
-            // SAFETY: the value is only read, and maps are not resized.
-            if let Some(set) = unsafe { RULE_SETS.get(&key) } {
-                if set.protocol == PROTO_ANY || set.protocol == protocol {
-                    let mut range = 0usize;
-                    while range < MAX_PORT_RANGES {
-                        if range < set.ranges as usize {
-                            let [first, last] = set.ports[range];
-                            if first <= port && port <= last {
-                                return true;
-                            }
-                        }
-                        range += 1;
+    // SAFETY: the value is only read, and maps are not resized.
+    let Some(sets) = (unsafe { RULE_SETS.get(&VerdictKey::new(cgroup, verdict)) }) else {
+        return false;
+    };
+    let mut index = 0;
+    while index < MAX_RULE_SETS {
+        let set = &sets.sets[index];
+        if bits & (1u64 << index) != 0 && (set.protocol == PROTO_ANY || set.protocol == protocol) {
+            let mut range = 0usize;
+            while range < MAX_PORT_RANGES {
+                if range < set.ranges as usize {
+                    let [first, last] = set.ports[range];
+                    if first <= port && port <= last {
+                        return true;
                     }
                 }
+                range += 1;
             }
         }
         index += 1;
@@ -167,7 +165,7 @@ fn table_bits<A: Copy + PartialEq, const N: usize>(
 #[inline(always)]
 fn table4(cgroup: u64, verdict: u32, addr: [u8; 4]) -> u64 {
     // SAFETY: the value is only read.
-    match unsafe { TABLES.get(&TableKey::new(cgroup, verdict)) } {
+    match unsafe { TABLES.get(&VerdictKey::new(cgroup, verdict)) } {
         Some(t) => table_bits(&CHUNKS4, cgroup, verdict, t.len4 as usize, &t.first4, u32::from_be_bytes(addr), at_most4),
         None => 0,
     }
@@ -193,7 +191,7 @@ fn table6(cgroup: u64, verdict: u32, addr: [u8; 16]) -> u64 {
         n
     };
     // SAFETY: the value is only read.
-    match unsafe { TABLES.get(&TableKey::new(cgroup, verdict)) } {
+    match unsafe { TABLES.get(&VerdictKey::new(cgroup, verdict)) } {
         Some(t) => table_bits(&CHUNKS6, cgroup, verdict, t.len6 as usize, &t.first6, [half(0), half(8)], at_most6),
         None => 0,
     }

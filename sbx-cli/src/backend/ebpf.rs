@@ -22,7 +22,7 @@ use ipnet::IpNet;
 use sbx_common::{
     Addr4Key, Addr6Key, Answered, BoundKey, Chunk, Chunk4, Chunk6, ChunkKey, MAX_CHUNKS,
     MAX_PORT_RANGES, MAX_RULE_SETS, MODE_ALLOWLIST, MODE_NONE, MODE_OPEN, PROTO_ANY, PROTO_TCP,
-    PROTO_UDP, Policy, RuleSet, RuleSetKey, Table, TableKey, VERDICT_ALLOW, VERDICT_DENY,
+    PROTO_UDP, Policy, RuleSet, RuleSets, Table, VERDICT_ALLOW, VERDICT_DENY, VerdictKey,
 };
 
 use super::{Admit, Backend, Denial, Enforced, Placement};
@@ -184,12 +184,12 @@ fn pinned_map(name: &str) -> Result<Map, SysError> {
 /// The maps of sbx's programs, opened from their pins.
 struct Maps {
     policies: BpfHashMap<MapData, u64, Policy>,
-    rule_sets: BpfHashMap<MapData, RuleSetKey, RuleSet>,
+    rule_sets: BpfHashMap<MapData, VerdictKey, RuleSets>,
     allow4: LpmTrie<MapData, Addr4Key, u64>,
     deny4: LpmTrie<MapData, Addr4Key, u64>,
     allow6: LpmTrie<MapData, Addr6Key, u64>,
     deny6: LpmTrie<MapData, Addr6Key, u64>,
-    tables: BpfHashMap<MapData, TableKey, Table>,
+    tables: BpfHashMap<MapData, VerdictKey, Table>,
     chunks4: BpfHashMap<MapData, ChunkKey, Chunk4>,
     chunks6: BpfHashMap<MapData, ChunkKey, Chunk6>,
     bound: BpfHashMap<MapData, BoundKey, u8>,
@@ -271,7 +271,7 @@ impl Maps {
 
     /// Removes every entry of the sandboxes whose cgroup id `dead` says is gone.
     fn purge(&mut self, dead: impl Fn(u64) -> bool) -> Result<(), SysError> {
-        remove_where!(self.rule_sets, RuleSetKey, |k: &RuleSetKey| dead(k.cgroup));
+        remove_where!(self.rule_sets, VerdictKey, |k: &VerdictKey| dead(k.cgroup));
         remove_where!(self.allow4, Key<Addr4Key>, |k: &Key<Addr4Key>| dead(
             k.data().cgroup
         ));
@@ -284,7 +284,7 @@ impl Maps {
         remove_where!(self.deny6, Key<Addr6Key>, |k: &Key<Addr6Key>| dead(
             k.data().cgroup
         ));
-        remove_where!(self.tables, TableKey, |k: &TableKey| dead(k.cgroup));
+        remove_where!(self.tables, VerdictKey, |k: &VerdictKey| dead(k.cgroup));
         remove_where!(self.chunks4, ChunkKey, |k: &ChunkKey| dead(k.cgroup));
         remove_where!(self.chunks6, ChunkKey, |k: &ChunkKey| dead(k.cgroup));
         remove_where!(self.bound, BoundKey, |k: &BoundKey| dead(k.cgroup));
@@ -466,10 +466,10 @@ pub struct Ebpf;
 /// each trie (allow then deny), and the tables' keys.
 #[derive(Default)]
 struct Written {
-    rule_sets: Vec<RuleSetKey>,
+    rule_sets: Vec<VerdictKey>,
     v4: [Vec<Key<Addr4Key>>; 2],
     v6: [Vec<Key<Addr6Key>>; 2],
-    tables: Vec<TableKey>,
+    tables: Vec<VerdictKey>,
     chunks4: Vec<ChunkKey>,
     chunks6: Vec<ChunkKey>,
 }
@@ -540,7 +540,7 @@ impl Backend for Ebpf {
         // The maps outlive runs: with no other sandbox live, anything in them is a leftover of a
         // killed sbx and goes. A sandbox's policy entry is written first and removed last, so
         // an empty POLICIES means there is nothing else either (and saves scanning the others'
-        // hundreds of thousands of buckets).
+        // buckets, 65,536 in some).
         let mut maps = Maps::open()?;
         if locked.live_slots()? <= 1 {
             remove_other_versions();
@@ -694,15 +694,20 @@ impl Live {
             if verdict == VERDICT_ALLOW {
                 self.group_bits = group_bits;
             }
-            for (index, descriptor) in descriptors.iter().enumerate() {
-                let key = RuleSetKey {
-                    cgroup,
-                    verdict,
-                    index: index as u32,
+            if !descriptors.is_empty() {
+                let mut sets = RuleSets {
+                    sets: [RuleSet {
+                        protocol: PROTO_ANY,
+                        ranges: 0,
+                        _pad: [0; 2],
+                        ports: [[0; 2]; MAX_PORT_RANGES],
+                    }; MAX_RULE_SETS],
                 };
+                sets.sets[..descriptors.len()].copy_from_slice(&descriptors);
+                let key = VerdictKey::new(cgroup, verdict);
                 maps.rule_sets
-                    .insert(key, descriptor, 0)
-                    .step(|| "write a rule set".into())?;
+                    .insert(key, sets, 0)
+                    .step(|| "write the rule sets".into())?;
                 self.written.rule_sets.push(key);
             }
             let (trie4, trie6) = if verdict == VERDICT_ALLOW {
@@ -760,7 +765,7 @@ impl Live {
                     first4,
                     first6,
                 };
-                let key = TableKey::new(cgroup, verdict);
+                let key = VerdictKey::new(cgroup, verdict);
                 maps.tables
                     .insert(key, table, 0)
                     .step(|| "write the single addresses' table".into())?;
