@@ -1,8 +1,8 @@
 //! The eBPF backend: the command stays in the host's network stack, in a cgroup of its own, and
 //! cgroup programs judge each connect, unconnected send and socket creation.
 //!
-//! Loading the programs (parsing the kernel's BTF, probing features) costs 40-76 ms, so it is
-//! done once: programs and maps are pinned in a bpffs sbx mounts at `/run/sbx/bpf`, under a
+//! Loading the programs (parsing the kernel's BTF, probing features, the verifier) costs about
+//! 0.35 s, so it is done once: programs and maps are pinned in a bpffs sbx mounts at `/run/sbx/bpf`, under a
 //! directory named after the object's hash. Each sandbox then only creates a cgroup, attaches
 //! the pinned programs to it through bpf links (closing them detaches; a killed sbx leaves no
 //! attachment), and writes its policy into the maps under its cgroup id. `sbx gc --all` removes
