@@ -225,7 +225,7 @@ enum Command {
         #[arg(long)]
         resolv_conf: Option<PathBuf>,
         #[arg(long)]
-        cgroup_confined: bool,
+        host_network: bool,
         #[arg(long)]
         uid: Option<u32>,
         #[arg(long)]
@@ -313,7 +313,7 @@ pub fn main() -> ExitCode {
         }
         Command::Init {
             resolv_conf,
-            cgroup_confined,
+            host_network,
             uid,
             gid,
             groups,
@@ -326,7 +326,7 @@ pub fn main() -> ExitCode {
             };
             sandbox::init::run(sandbox::init::InitArgs {
                 resolv_conf,
-                cgroup_confined,
+                host_network,
                 run_as,
                 cwd,
                 command,

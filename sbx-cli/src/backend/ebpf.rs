@@ -30,7 +30,7 @@ use crate::plan::{Plan, RuleSet as PlanRuleSet};
 use crate::policy::{Mode, Ports, Protocol};
 use crate::sandbox::state::{Locked, STATE_DIR};
 use crate::sys::bpf::{self, AttachType};
-use crate::sys::{Step, SysError};
+use crate::sys::{Step, SysError, cgroup};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../ebpf/sbx.bpf.o");
 
@@ -592,7 +592,7 @@ impl Backend for Ebpf {
     fn clean_dead_slot(&self, slot: u32) -> Result<(), SysError> {
         let cgroup = sandbox_cgroup(slot)?;
         if cgroup.exists() {
-            remove_cgroup(&cgroup)?;
+            cgroup::remove_tree(&cgroup)?;
         }
         let live = live_cgroup_ids()?;
         if pins().join("map_POLICIES").exists() {
@@ -639,26 +639,6 @@ fn live_cgroup_ids() -> Result<Vec<u64>, SysError> {
     Ok(entries
         .filter_map(|e| Some(e.ok()?.metadata().ok()?.ino()))
         .collect())
-}
-
-/// Removes an empty cgroup; its last processes may take a moment to leave it.
-fn remove_cgroup(path: &Path) -> Result<(), SysError> {
-    for attempt in 0..1000 {
-        match std::fs::remove_dir(path) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 999 => {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            Err(e) => {
-                return Err(SysError::new(
-                    format!("remove cgroup {}", path.display()),
-                    e,
-                ));
-            }
-        }
-    }
-    unreachable!("the loop returns")
 }
 
 impl Live {
@@ -883,7 +863,7 @@ impl Enforced for Live {
         // Closing the links detaches the programs from the cgroup.
         drop(links);
         drop(cgroup_dir);
-        let removed = remove_cgroup(&cgroup);
+        let removed = cgroup::remove_tree(&cgroup);
         // The parent goes with its last sandbox (another live one keeps it: then this fails).
         if let Some(parent) = cgroup.parent() {
             let _ = std::fs::remove_dir(parent);

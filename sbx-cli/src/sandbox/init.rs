@@ -19,12 +19,12 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{MsFlags, mount};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, fork, pipe, setgroups, setresgid, setresuid};
 
-use crate::sys::caps;
+use super::state::STATE_DIR;
+use crate::sys::{Step, SysError, caps, landlock, mount, seccomp};
 
 /// Who the command runs as.
 #[derive(Debug, Clone)]
@@ -41,9 +41,9 @@ pub enum RunAs {
 #[derive(Debug, Clone)]
 pub struct InitArgs {
     pub resolv_conf: Option<PathBuf>,
-    /// The sandbox is a cgroup (and this process in a cgroup namespace rooted there): hide the
-    /// host's cgroup tree, which the command could otherwise write itself out through.
-    pub cgroup_confined: bool,
+    /// The sandbox shares the host's network namespace (the eBPF backend): the host's abstract
+    /// unix sockets are in reach unless Landlock scopes them, which is then required.
+    pub host_network: bool,
     pub run_as: RunAs,
     pub cwd: PathBuf,
     pub command: Vec<OsString>,
@@ -149,7 +149,7 @@ fn reaper(args: InitArgs, set: &SigSet, watch: OwnedFd) -> ! {
     if parent_gone(&watch) {
         std::process::exit(125);
     }
-    if let Err(e) = set_up_mounts(args.resolv_conf.as_deref(), args.cgroup_confined) {
+    if let Err(e) = set_up_mounts(args.resolv_conf.as_deref()) {
         fail("set up the sandbox's mounts", e);
     }
     // SAFETY: still single-threaded.
@@ -195,80 +195,94 @@ fn parent_gone(watch: &OwnedFd) -> bool {
     ready > 0 && poll.revents & (libc::POLLHUP | libc::POLLIN) != 0
 }
 
-/// A private view of the mounts: a /proc of the sandbox's PID namespace, the sandbox's own
-/// resolv.conf (read-only) where the host's is, and, for a cgroup sandbox, every cgroup2 mount
-/// read-only.
-fn set_up_mounts(resolv_conf: Option<&Path>, cgroup_confined: bool) -> Result<(), String> {
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| format!("make mounts private: {e}"))?;
-    mount(
-        Some("proc"),
-        "/proc",
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(|e| format!("mount /proc: {e}"))?;
+/// The /proc paths a container runtime makes read-only (OCI's `readonlyPaths`): /proc/sys holds
+/// the kernel's global settings (`kernel.core_pattern` runs a program as the host's root), the
+/// rest triggers or tunes hardware and file systems.
+const READ_ONLY_PROC: &[&str] = &[
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+    "/proc/irq",
+    "/proc/bus",
+    "/proc/fs",
+];
+
+/// The paths a container runtime hides (OCI's `maskedPaths`): kernel memory, keys, timers and
+/// firmware interfaces.
+const MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// File systems that are the kernel's controls rather than files: every mount of one is made
+/// read-only in the sandbox, wherever it is (cgroup hierarchies, v1 and v2, bpffs, tracefs, …).
+const CONTROL_FILE_SYSTEMS: &[&str] = &[
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "bpf",
+    "securityfs",
+    "debugfs",
+    "tracefs",
+    "configfs",
+    "pstore",
+    "efivarfs",
+    "fusectl",
+    "binfmt_misc",
+    "mqueue",
+    "proc",
+];
+
+/// The sandbox's view of the mounts: a /proc of its PID namespace, its own resolv.conf
+/// (read-only) where the host's is, the kernel's settings and controls read-only or hidden,
+/// and sbx's own state hidden. A command that runs as root owns /proc/sys and the cgroup files
+/// by their permissions, capabilities or not: read-only mounts are what stops it.
+fn set_up_mounts(resolv_conf: Option<&Path>) -> Result<(), SysError> {
+    mount::make_all_private()?;
+    mount::fresh_proc()?;
     if let Some(source) = resolv_conf {
         // Follow a symlinked /etc/resolv.conf (systemd-resolved) to the file programs read.
-        let target = std::fs::canonicalize("/etc/resolv.conf")
-            .map_err(|e| format!("find /etc/resolv.conf: {e}"))?;
-        mount(
-            Some(source),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|e| format!("bind {} on {}: {e}", source.display(), target.display()))?;
-        mount(
-            None::<&str>,
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None::<&str>,
-        )
-        .map_err(|e| format!("make {} read-only: {e}", target.display()))?;
+        let target =
+            std::fs::canonicalize("/etc/resolv.conf").step(|| "find /etc/resolv.conf".into())?;
+        mount::bind_file_read_only(source, &target)?;
     }
-    if cgroup_confined {
-        // Without this, a command running as uid 0 owns the root cgroup's cgroup.procs and can
-        // move itself out of the sandbox's cgroup (a cgroup namespace only bounds that when the
-        // host mounted cgroup2 with nsdelegate, which sbx does not change).
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-            .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
-        for line in mountinfo.lines() {
-            let Some((mount, fs)) = line.split_once(" - ") else {
-                continue;
-            };
-            if fs.split(' ').next() != Some("cgroup2") {
-                continue;
-            }
-            let Some(point) = mount.split(' ').nth(4) else {
-                continue;
-            };
-            mount_cgroup2_read_only(point)?;
+    // sbx's state: slot locks, the forwarding record, the pinned eBPF maps. The bpffs goes
+    // first (hidden under a tmpfs it would still be in the namespace), then the directory.
+    let state = Path::new(STATE_DIR);
+    let bpf = crate::backend::ebpf::bpf_dir();
+    if mount::mounts()?.iter().any(|m| Path::new(&m.path) == bpf) {
+        mount::detach(&bpf)?;
+    }
+    if state.is_dir() {
+        mount::empty_read_only_tmpfs(state)?;
+    }
+    for path in READ_ONLY_PROC {
+        let path = Path::new(path);
+        if path.exists() {
+            mount::bind_read_only(path)?;
+        }
+    }
+    for path in MASKED {
+        mount::mask(Path::new(path))?;
+    }
+    for m in mount::mounts()? {
+        // The /proc just mounted is the sandbox's own (its read-only parts are above); any other
+        // proc mount shows the host's processes and settings.
+        let own_proc = m.fs_type == "proc" && m.path == "/proc";
+        if CONTROL_FILE_SYSTEMS.contains(&m.fs_type.as_str()) && !own_proc {
+            mount::read_only_recursive(Path::new(&m.path))?;
         }
     }
     Ok(())
-}
-
-/// Makes this namespace's copy of a cgroup2 mount read-only: no cgroup.procs write, no mkdir.
-/// The host's mount is another copy and stays as it is.
-fn mount_cgroup2_read_only(point: &str) -> Result<(), String> {
-    let flags = MsFlags::MS_BIND
-        | MsFlags::MS_REMOUNT
-        | MsFlags::MS_RDONLY
-        | MsFlags::MS_NOSUID
-        | MsFlags::MS_NODEV
-        | MsFlags::MS_NOEXEC;
-    mount(None::<&str>, point, None::<&str>, flags, None::<&str>)
-        .map_err(|e| format!("make {point} read-only: {e}"))
 }
 
 fn run_command(args: &InitArgs) -> ! {
@@ -280,6 +294,13 @@ fn run_command(args: &InitArgs) -> ! {
     }
     if let Err(e) = nix::sys::prctl::set_no_new_privs() {
         fail("set no_new_privs", e);
+    }
+    if let Err(e) = landlock::scope_abstract_unix_sockets(args.host_network) {
+        fail("confine the command", e);
+    }
+    // Last: from here on the command's process cannot unshare, mount or call bpf(2).
+    if let Err(e) = seccomp::confine_command() {
+        fail("confine the command", e);
     }
     let program = &args.command[0];
     let e = std::process::Command::new(program)

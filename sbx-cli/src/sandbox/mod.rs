@@ -161,7 +161,11 @@ pub fn apply(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<
     let locked = state.lock()?;
     let teardown = enforced.teardown(&locked);
     let _ = std::fs::remove_file(resolv_conf_path(state.dir(), slot.index));
-    slot.release(&locked)?;
+    // A slot whose teardown failed stays claimed by its file: the next sbx, or `sbx gc`, finds
+    // it dead and cleans it again, instead of handing its leftovers to a new sandbox.
+    if teardown.is_ok() {
+        slot.release(&locked)?;
+    }
     locked.restore_forwarding_if_unused()?;
     teardown?;
     reported?;
@@ -229,8 +233,8 @@ fn run_in(
         args.extend(["--groups".into(), groups.join(",").into()]);
     }
     let Placement { netns, cgroup } = enforced.placement();
-    if cgroup.is_some() {
-        args.push("--cgroup-confined".into());
+    if netns.is_none() {
+        args.push("--host-network".into());
     }
     args.extend(["--cwd".into(), cwd.into(), "--".into()]);
     args.extend(command.iter().cloned());
@@ -240,7 +244,11 @@ fn run_in(
         if let Some(fd) = netns {
             setns(fd, CloneFlags::CLONE_NEWNET)?;
         }
-        let mut namespaces = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
+        // Its own hostname and System V IPC, so that it can change neither for the host.
+        let mut namespaces = CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC;
         if cgroup.is_some() {
             // Born in the sandbox's cgroup (see `spawn`), so every socket the command creates
             // belongs to it; then a cgroup namespace rooted there, which it cannot leave.

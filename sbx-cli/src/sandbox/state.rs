@@ -199,15 +199,36 @@ impl Locked<'_> {
         if self.live_slots()? > 0 {
             return Ok(());
         }
-        for line in saved.lines() {
-            if let Some((name, value)) = line.split_once('=')
-                && FORWARDING_SYSCTLS.contains(&name)
-            {
-                sysctl::write(name, value)?;
-            }
+        let values = parse_forwarding_record(&saved).ok_or_else(|| {
+            SysError::new(
+                format!("restore IP forwarding from {}", record.display()),
+                "the record is not as sbx wrote it, so sbx leaves forwarding as it is: set \
+                 net.ipv4.ip_forward and net.ipv6.conf.all.forwarding as they should be, then \
+                 remove the file",
+            )
+        })?;
+        for (name, value) in values {
+            sysctl::write(name, value)?;
         }
         std::fs::remove_file(&record).step(|| format!("remove {}", record.display()))
     }
+}
+
+/// The values in a forwarding record, one `name=0|1` line for each of [`FORWARDING_SYSCTLS`];
+/// `None` for anything else. The record is only ever written by sbx, into a directory no
+/// sandbox sees; one that says otherwise is not trusted with a host-wide setting.
+fn parse_forwarding_record(text: &str) -> Option<Vec<(&'static str, &'static str)>> {
+    let mut values = Vec::new();
+    for line in text.lines() {
+        let (name, value) = line.split_once('=')?;
+        let name = *FORWARDING_SYSCTLS.iter().find(|n| **n == name)?;
+        let value = ["0", "1"].into_iter().find(|v| *v == value)?;
+        if values.iter().any(|(n, _)| *n == name) {
+            return None;
+        }
+        values.push((name, value));
+    }
+    (values.len() == FORWARDING_SYSCTLS.len()).then_some(values)
 }
 
 impl Slot {
@@ -215,5 +236,32 @@ impl Slot {
     /// lock, so no other sbx opens the file in between.
     pub fn release(self, _locked: &Locked<'_>) -> Result<(), SysError> {
         std::fs::remove_file(&self.path).step(|| format!("remove {}", self.path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_forwarding_record as parse;
+
+    #[test]
+    fn only_a_forwarding_record_as_sbx_writes_it_is_trusted() {
+        let good = "net.ipv4.ip_forward=0\nnet.ipv6.conf.all.forwarding=1\n";
+        assert_eq!(
+            parse(good),
+            Some(vec![
+                ("net.ipv4.ip_forward", "0"),
+                ("net.ipv6.conf.all.forwarding", "1")
+            ])
+        );
+        for bad in [
+            "",
+            "net.ipv4.ip_forward=0\n",
+            "net.ipv4.ip_forward=2\nnet.ipv6.conf.all.forwarding=0\n",
+            "net.ipv4.ip_forward=0\nnet.ipv4.ip_forward=0\n",
+            "kernel.core_pattern=|/x\nnet.ipv4.ip_forward=0\n",
+            "net.ipv4.ip_forward=0\nnet.ipv6.conf.all.forwarding=0\njunk\n",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
     }
 }

@@ -1,9 +1,14 @@
-//! Kernel interfaces, each wrapped once: namespaces, capabilities, sysctls, file locks, bpf.
+//! Kernel interfaces, each wrapped once: namespaces, mounts, capabilities, system-call
+//! filters, Landlock, sysctls, file locks, bpf.
 //! Errors say which step failed.
 
 pub mod bpf;
 pub mod caps;
+pub mod cgroup;
+pub mod landlock;
+pub mod mount;
 pub mod netns;
+pub mod seccomp;
 pub mod spawn;
 pub mod sysctl;
 
