@@ -11,9 +11,10 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::{DnsError, NetError, runtime::TokioRuntimeProvider};
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use serde::Serialize;
 
+use crate::policy::name::HostName;
 use crate::policy::{Dns, DnsServer};
 
 /// How many names are resolved at once. Each takes two queries (A, AAAA). Enough to keep a
@@ -186,13 +187,17 @@ impl Resolver {
 
 impl Resolver {
     /// The answer records (CNAMEs included) for one query, as sbx's DNS service passes them on.
+    ///
+    /// The name asked is made from `name`'s labels as they are (no text parsed again, no IDNA
+    /// mapping), so the upstream is asked exactly the name the DNS service judged.
     pub async fn lookup_records(
         &self,
-        name: &str,
+        name: &HostName,
         record_type: RecordType,
     ) -> Result<Vec<hickory_resolver::proto::rr::Record>, Failure> {
-        let fqdn = format!("{}.", name.trim_end_matches('.'));
-        match self.inner.lookup(fqdn.as_str(), record_type).await {
+        let fqdn = Name::from_labels(name.labels().map(str::as_bytes))
+            .map_err(|e| Failure::Other(format!("cannot ask for `{name}`: {e}")))?;
+        match self.inner.lookup(fqdn, record_type).await {
             Ok(lookup) => Ok(lookup.answers().to_vec()),
             Err(e) => Err(classify(&e)),
         }

@@ -28,6 +28,7 @@ use nix::unistd::{Pid, User, getgrouplist, getpid, getppid};
 
 use crate::backend::{Backend, Enforced, Placement};
 use crate::plan::Plan;
+use crate::policy::name::HostName;
 use crate::resolve::Resolver;
 use crate::sys::{SysError, caps};
 use init::RunAs;
@@ -188,6 +189,8 @@ fn run_in(
                 // grace period, before the command runs.
                 for (name, addrs, ttl) in plan.name_answers() {
                     let ttl = std::time::Duration::from_secs(ttl.into());
+                    let name = HostName::parse(&name)
+                        .map_err(|e| SysError::new(format!("admit `{name}`"), e))?;
                     names.admit(&name, &addrs, ttl.saturating_add(plan.dns_grace))?;
                 }
                 Ok(names)
