@@ -3,6 +3,7 @@
 
 pub mod bpf;
 pub mod caps;
+pub mod file;
 pub mod netns;
 pub mod spawn;
 pub mod sysctl;
