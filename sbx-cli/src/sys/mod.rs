@@ -1,4 +1,5 @@
-//! Kernel interfaces, each wrapped once: namespaces, capabilities, sysctls, file locks, bpf.
+//! Kernel interfaces, each wrapped once: namespaces, capabilities, sysctls, file locks, bpf,
+//! files written for the user.
 //! Errors say which step failed.
 
 pub mod bpf;
