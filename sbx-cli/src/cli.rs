@@ -183,7 +183,8 @@ enum Command {
         dry_run: bool,
 
         /// Write every denial (pid, command, destination, port, protocol, hook) to FILE as JSON
-        /// lines (eBPF backend).
+        /// lines. FILE is opened before the command starts (under sudo with the sudo user's
+        /// rights), never through a symbolic link.
         #[arg(long, value_name = "FILE")]
         events: Option<PathBuf>,
 

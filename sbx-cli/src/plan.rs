@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::diag::Diagnostic;
+use crate::policy::name::HostName;
 use crate::policy::{Entry, Mode, OnResolveFailure, Origin, Policy, Ports, Protocol, Rule, Target};
 use crate::resolve::{Answer, Failure, Resolver};
 
@@ -107,12 +108,10 @@ pub enum ResolvedResult {
 }
 
 impl NameRule {
-    /// Whether the rule's pattern covers `name` (lower-case, no trailing dot).
-    pub fn matches(&self, name: &str) -> bool {
-        match self.pattern.strip_prefix("*.") {
-            Some(suffix) => crate::policy::entry::is_strictly_below(name, suffix),
-            None => self.pattern == name,
-        }
+    /// Whether the rule's pattern covers `name`, by the one rule of
+    /// [`crate::policy::name::pattern_matches`] (what sbx's DNS service applies to questions).
+    pub fn matches(&self, name: &HostName) -> bool {
+        crate::policy::name::pattern_matches(&self.pattern, name)
     }
 }
 

@@ -11,9 +11,10 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::{DnsError, NetError, runtime::TokioRuntimeProvider};
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use serde::Serialize;
 
+use crate::policy::name::HostName;
 use crate::policy::{Dns, DnsServer};
 
 /// How many names are resolved at once. Each takes two queries (A, AAAA). Enough to keep a
@@ -186,13 +187,17 @@ impl Resolver {
 
 impl Resolver {
     /// The answer records (CNAMEs included) for one query, as sbx's DNS service passes them on.
+    ///
+    /// The name asked is made from `name`'s labels as they are (no text parsed again, no IDNA
+    /// mapping), so the upstream is asked exactly the name the DNS service judged.
     pub async fn lookup_records(
         &self,
-        name: &str,
+        name: &HostName,
         record_type: RecordType,
     ) -> Result<Vec<hickory_resolver::proto::rr::Record>, Failure> {
-        let fqdn = format!("{}.", name.trim_end_matches('.'));
-        match self.inner.lookup(fqdn.as_str(), record_type).await {
+        let fqdn = Name::from_labels(name.labels().map(str::as_bytes))
+            .map_err(|e| Failure::Other(format!("cannot ask for `{name}`: {e}")))?;
+        match self.inner.lookup(fqdn, record_type).await {
             Ok(lookup) => Ok(lookup.answers().to_vec()),
             Err(e) => Err(classify(&e)),
         }
@@ -200,7 +205,8 @@ impl Resolver {
 }
 
 /// Follows the CNAME chain from `name` through the answer records and adds the addresses at its
-/// end, each with the smallest TTL along the way.
+/// end, each with the smallest TTL along the way. Names are compared in their ASCII form
+/// (`Name`'s `Display` shows `xn--` labels as Unicode, which would match no policy name).
 fn collect(name: &str, records: &[hickory_resolver::proto::rr::Record], into: &mut Answer) {
     let mut current = name.trim_end_matches('.').to_ascii_lowercase();
     let mut ttl = u32::MAX;
@@ -209,12 +215,12 @@ fn collect(name: &str, records: &[hickory_resolver::proto::rr::Record], into: &m
     for _ in 0..=records.len() {
         let owner = |r: &&hickory_resolver::proto::rr::Record| {
             r.name
-                .to_string()
+                .to_ascii()
                 .trim_end_matches('.')
                 .eq_ignore_ascii_case(&current)
         };
         let Some(cname) = records.iter().filter(owner).find_map(|r| match &r.data {
-            RData::CNAME(target) => Some((target.0.to_string(), r.ttl)),
+            RData::CNAME(target) => Some((target.0.to_ascii(), r.ttl)),
             _ => None,
         }) else {
             break;
@@ -225,7 +231,7 @@ fn collect(name: &str, records: &[hickory_resolver::proto::rr::Record], into: &m
     }
     for record in records.iter().filter(|r| {
         r.name
-            .to_string()
+            .to_ascii()
             .trim_end_matches('.')
             .eq_ignore_ascii_case(&current)
     }) {
@@ -298,4 +304,41 @@ fn system_servers() -> Result<Vec<SocketAddr>, SetupError> {
             SocketAddr::new(ns.ip, port)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_resolver::proto::rr::Record;
+    use hickory_resolver::proto::rr::rdata::{A, CNAME};
+
+    #[test]
+    fn punycode_names_and_chains_are_followed() {
+        let name = |text: &str| Name::from_ascii(text).unwrap();
+        let records = [
+            Record::from_rdata(
+                name("xn--bcher-kva.test."),
+                60,
+                RData::CNAME(CNAME(name("XN--caf-dma.test."))),
+            ),
+            Record::from_rdata(
+                name("xn--caf-dma.test."),
+                30,
+                RData::A(A("10.213.0.9".parse().unwrap())),
+            ),
+        ];
+        let mut answer = Answer {
+            cnames: Vec::new(),
+            addresses: Vec::new(),
+        };
+        collect("xn--bcher-kva.test", &records, &mut answer);
+        assert_eq!(answer.cnames, ["xn--caf-dma.test"]);
+        assert_eq!(
+            answer.addresses,
+            [Address {
+                ip: "10.213.0.9".parse().unwrap(),
+                ttl: 30
+            }]
+        );
+    }
 }

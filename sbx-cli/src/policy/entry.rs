@@ -8,6 +8,8 @@ use ipnet::IpNet;
 use serde::Serialize;
 use smallvec::{SmallVec, smallvec};
 
+use super::name::{HostName, NameError, is_strictly_below};
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "value")]
 pub enum Target {
@@ -156,13 +158,6 @@ impl Target {
     pub fn is_name(&self) -> bool {
         matches!(self, Target::Host(_) | Target::Wildcard(_))
     }
-}
-
-/// `a.b.example.com` is strictly below `example.com`; `example.com` and `badexample.com` are not.
-pub fn is_strictly_below(name: &str, suffix: &str) -> bool {
-    name.len() > suffix.len() + 1
-        && name.ends_with(suffix)
-        && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
 }
 
 /// Parses the short string form: `host`, `host:port`, `*.host[:port]`, `addr`, `addr:port`,
@@ -422,62 +417,28 @@ pub fn parse_name(text: &str) -> Result<Target, EntryError> {
 }
 
 /// Validates an RFC 1123 host name and returns it in canonical form (lower-case, no trailing
-/// dot).
+/// dot). The rule is [`HostName`]'s, the one sbx's DNS service judges questions by.
 fn parse_host(text: &str) -> Result<String, EntryError> {
-    let name = text.strip_suffix('.').unwrap_or(text);
-    let invalid = |why: String| {
-        reject(
-            "invalid-host",
-            format!("`{text}` is not a valid host name: {why}"),
-        )
-    };
-    if name.is_empty() {
-        return Err(invalid("it is empty".into()));
-    }
-    if name.len() > 253 {
-        return Err(invalid(format!(
-            "it is {} characters long, the limit is 253",
-            name.len()
-        )));
-    }
-    for label in name.split('.') {
-        if label.is_empty() {
-            return Err(invalid("it has an empty label (`..`)".into()));
-        }
-        if label.len() > 63 {
-            return Err(invalid(format!(
-                "the label `{label}` is {} characters long, the limit is 63",
-                label.len()
-            )));
-        }
-        if let Some(c) = label
-            .chars()
-            .find(|c| !c.is_ascii_alphanumeric() && *c != '-')
-        {
-            return Err(
-                invalid(format!("`{c}` is not allowed in a host name")).help(
-                    "host names use letters, digits and `-`; write internationalised names in \
+    HostName::parse(text)
+        .map(HostName::into_string)
+        .map_err(|why| match why {
+            NameError::NumericLast => reject(
+                "invalid-address",
+                format!("`{text}` is neither an IP address nor a host name"),
+            ),
+            NameError::Character { .. } => reject(
+                "invalid-host",
+                format!("`{text}` is not a valid host name: {why}"),
+            )
+            .help(
+                "host names use letters, digits and `-`; write internationalised names in \
                  their `xn--` form",
-                ),
-            );
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(invalid(format!(
-                "the label `{label}` starts or ends with `-`"
-            )));
-        }
-    }
-    if name
-        .rsplit('.')
-        .next()
-        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Err(reject(
-            "invalid-address",
-            format!("`{text}` is neither an IP address nor a host name"),
-        ));
-    }
-    Ok(name.to_ascii_lowercase())
+            ),
+            _ => reject(
+                "invalid-host",
+                format!("`{text}` is not a valid host name: {why}"),
+            ),
+        })
 }
 
 /// A port as written after `:` in the short form, or as a number in `ports`.

@@ -11,6 +11,7 @@ mod compose;
 mod document;
 pub mod entry;
 mod lint;
+pub mod name;
 pub mod schema;
 pub mod yaml;
 

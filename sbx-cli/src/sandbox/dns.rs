@@ -1,19 +1,22 @@
 //! sbx's DNS service for one sandbox: the only DNS server the command can reach. Names the
 //! policy allows are resolved with sbx's own resolver and answered; every other name gets
-//! REFUSED, and no query leaves the host for it.
+//! REFUSED, and no query leaves the host for it. A question is judged by its labels as they came
+//! on the wire, by the rule the policy's names follow ([`crate::policy::name`]), and the upstream
+//! is asked exactly the name judged.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_resolver::proto::op::{Message, OpCode, ResponseCode};
-use hickory_resolver::proto::rr::{RData, Record, RecordType};
+use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_resolver::proto::rr::{DNSClass, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::backend::{Admit, Denial};
 use crate::plan::{NameRule, Plan, Verdict};
+use crate::policy::name::{HostName, escaped};
 use crate::policy::{Ports, Protocol};
 use crate::resolve::{Failure, Resolver};
 use crate::sys::{Step, SysError};
@@ -51,12 +54,11 @@ impl Names {
     }
 
     /// A name is answered when an allow pattern matches it and no deny pattern does.
-    pub fn allows(&self, name: &str) -> bool {
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
+    pub fn allows(&self, name: &HostName) -> bool {
         let matching = |verdict: Verdict| {
             self.rules
                 .iter()
-                .any(|r| r.verdict == verdict && r.matches(&name))
+                .any(|r| r.verdict == verdict && r.matches(name))
         };
         !matching(Verdict::Deny) && matching(Verdict::Allow)
     }
@@ -66,15 +68,14 @@ impl Names {
     /// per-name cap).
     pub fn admit(
         &self,
-        name: &str,
+        name: &HostName,
         addrs: &[IpAddr],
         ttl: Duration,
     ) -> Result<Vec<IpAddr>, SysError> {
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
         let groups: Vec<usize> = self
             .rules
             .iter()
-            .filter(|r| r.verdict == Verdict::Allow && r.matches(&name))
+            .filter(|r| r.verdict == Verdict::Allow && r.matches(name))
             .filter_map(|r| {
                 self.groups
                     .iter()
@@ -82,7 +83,7 @@ impl Names {
             })
             .collect();
         let mut remembered = self.remembered.lock().expect("not poisoned");
-        let known = remembered.entry(name).or_default();
+        let known = remembered.entry(name.as_str().to_string()).or_default();
         let admitted: Vec<IpAddr> = addrs
             .iter()
             .copied()
@@ -95,6 +96,22 @@ impl Names {
             admitter.admit(&groups, &admitted, ttl.min(LONGEST_ADMISSION))?;
         }
         Ok(admitted)
+    }
+}
+
+impl Names {
+    /// Records a refused question, reported like a denied connection.
+    fn refuse(&self, name: String, record_type: RecordType) {
+        self.refused.lock().expect("not poisoned").push(Denial {
+            pid: None,
+            command: None,
+            destination: None,
+            port: None,
+            protocol: None,
+            hook: "dns",
+            name: Some(name),
+            record_type: Some(record_type.to_string()),
+        });
     }
 }
 
@@ -267,34 +284,83 @@ fn addresses(record: &Record) -> Vec<IpAddr> {
     }
 }
 
-/// The reply to one query, at most `limit` bytes (a UDP reply that does not fit is truncated,
-/// and the client retries over TCP).
+/// How the service judges one question, before anything leaves the host for it.
+#[derive(Debug, PartialEq, Eq)]
+enum Judged {
+    /// The policy allows the name: ask the upstream exactly this name, of this type.
+    Ask(HostName, RecordType),
+    /// The policy allows the name, but the record type is not passed on: an empty answer.
+    NoData,
+    /// Refused, and reported as a refused name (written with [`escaped`]).
+    Refused(String, RecordType),
+}
+
+/// The one question of a query, judged by its labels as they came on the wire: what the policy
+/// matched is what the upstream is asked, never a text form read back. A name that is not a
+/// host name (a label holding a `.`, `_`, `*`, a NUL or any other byte that is not a letter, a
+/// digit or `-`; the root; more than 253 characters) is refused: no policy can name it. So is
+/// any class but IN.
+fn judge(question: &Query, names: &Names) -> Judged {
+    let labels = || question.name().iter();
+    let record_type = question.query_type();
+    let refused = || Judged::Refused(escaped(labels()), record_type);
+    if question.query_class() != DNSClass::IN {
+        return refused();
+    }
+    let Ok(name) = HostName::from_labels(labels()) else {
+        return refused();
+    };
+    if !names.allows(&name) {
+        return refused();
+    }
+    match record_type {
+        RecordType::A
+        | RecordType::AAAA
+        | RecordType::CNAME
+        | RecordType::HTTPS
+        | RecordType::SVCB => Judged::Ask(name, record_type),
+        _ => Judged::NoData,
+    }
+}
+
+/// The reply to one message, at most `limit` bytes (a UDP reply that does not fit is truncated,
+/// and the client retries over TCP); `None` for a message that gets no reply (unreadable, or not
+/// a query).
 async fn answer(query: &[u8], names: &Names, resolver: &Resolver, limit: usize) -> Option<Vec<u8>> {
     let request = Message::from_vec(query).ok()?;
-    let question = request.queries.first()?.clone();
-    let mut reply = Message::response(request.metadata.id, OpCode::Query);
+    // A response sent to the service is not answered: nothing to reflect back and forth.
+    if request.metadata.message_type != MessageType::Query {
+        return None;
+    }
+    let mut reply = Message::response(request.metadata.id, request.metadata.op_code);
     reply.metadata.recursion_desired = request.metadata.recursion_desired;
     reply.metadata.recursion_available = true;
-    reply.add_query(question.clone());
-    let name = question.name().to_string();
-    let record_type = question.query_type();
-    if !names.allows(&name) {
-        reply.metadata.response_code = ResponseCode::Refused;
-        names.refused.lock().expect("not poisoned").push(Denial {
-            pid: None,
-            command: None,
-            destination: None,
-            port: None,
-            protocol: None,
-            hook: "dns",
-            name: Some(name.trim_end_matches('.').to_string()),
-            record_type: Some(record_type.to_string()),
-        });
-    } else if matches!(
-        record_type,
-        RecordType::A | RecordType::AAAA | RecordType::CNAME | RecordType::HTTPS | RecordType::SVCB
-    ) {
-        match resolver.lookup_records(&name, record_type).await {
+    reply.add_queries(request.queries.iter().cloned());
+    if request.metadata.op_code != OpCode::Query {
+        // NOTIFY, UPDATE, …: nothing of the kind is served, or forwarded.
+        reply.metadata.response_code = ResponseCode::NotImp;
+        return finish(reply, limit);
+    }
+    // Exactly one question: a message of several is answered with FORMERR (as common servers
+    // do), none of its names asked upstream; each is reported.
+    let question = match request.queries.as_slice() {
+        [one] => one,
+        several => {
+            reply.metadata.response_code = ResponseCode::FormErr;
+            for q in several {
+                names.refuse(escaped(q.name().iter()), q.query_type());
+            }
+            return finish(reply, limit);
+        }
+    };
+    match judge(question, names) {
+        Judged::Refused(name, record_type) => {
+            reply.metadata.response_code = ResponseCode::Refused;
+            names.refuse(name, record_type);
+        }
+        // Other record types of an allowed name: an empty answer (NODATA).
+        Judged::NoData => {}
+        Judged::Ask(name, record_type) => match resolver.lookup_records(&name, record_type).await {
             Ok(records) => {
                 let addrs: Vec<IpAddr> = records.iter().flat_map(addresses).collect();
                 let ttl = records.iter().map(|r| r.ttl).min().unwrap_or(0);
@@ -316,9 +382,13 @@ async fn answer(query: &[u8], names: &Names, resolver: &Resolver, limit: usize) 
             Err(Failure::NxDomain) => reply.metadata.response_code = ResponseCode::NXDomain,
             Err(Failure::NoAddresses) => {}
             Err(_) => reply.metadata.response_code = ResponseCode::ServFail,
-        }
+        },
     }
-    // Other record types of an allowed name: an empty answer (NODATA).
+    finish(reply, limit)
+}
+
+/// The reply's bytes, truncated (TC) when they exceed `limit`.
+fn finish(reply: Message, limit: usize) -> Option<Vec<u8>> {
     let bytes = reply.to_vec().ok()?;
     if bytes.len() <= limit {
         return Some(bytes);
@@ -326,4 +396,86 @@ async fn answer(query: &[u8], names: &Names, resolver: &Resolver, limit: usize) 
     let mut truncated = reply.truncate();
     truncated.metadata.truncation = true;
     truncated.to_vec().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_resolver::proto::rr::Name;
+
+    fn names(patterns: &[(Verdict, &str)]) -> Names {
+        Names {
+            rules: patterns
+                .iter()
+                .map(|(verdict, pattern)| NameRule {
+                    verdict: *verdict,
+                    pattern: pattern.to_string(),
+                    protocol: Protocol::Tcp,
+                    ports: Ports::All,
+                    origin: "test".into(),
+                })
+                .collect(),
+            groups: Vec::new(),
+            grace: Duration::ZERO,
+            admitter: None,
+            remembered: Mutex::new(HashMap::new()),
+            refused: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn question(labels: &[&[u8]], class: DNSClass) -> Query {
+        let mut q = Query::query(
+            Name::from_labels(labels.iter().copied()).unwrap(),
+            RecordType::A,
+        );
+        q.set_query_class(class);
+        q
+    }
+
+    fn judged(names: &Names, labels: &[&[u8]]) -> Judged {
+        judge(&question(labels, DNSClass::IN), names)
+    }
+
+    #[test]
+    fn questions_are_judged_by_their_wire_labels() {
+        let names = names(&[
+            (Verdict::Allow, "*.allowed.test"),
+            (Verdict::Allow, "exact.test"),
+            (Verdict::Deny, "*.no.allowed.test"),
+        ]);
+        let ask = |text: &str| Judged::Ask(HostName::parse(text).unwrap(), RecordType::A);
+        assert_eq!(
+            judged(&names, &[b"X", b"Allowed", b"TEST"]),
+            ask("x.allowed.test")
+        );
+        assert_eq!(judged(&names, &[b"EXACT", b"test"]), ask("exact.test"));
+        assert_eq!(
+            judged(&names, &[b"x", b"evil.allowed", b"test"]),
+            Judged::Refused("x.evil\\.allowed.test".into(), RecordType::A)
+        );
+        for refused in [
+            &[&b"a_b"[..], b"allowed", b"test"][..],
+            &[b"*", b"allowed", b"test"],
+            &[b"a\0", b"allowed", b"test"],
+            &[b"allowed", b"test"],
+            &[b"a", b"no", b"allowed", b"test"],
+            &[b"exact", b"test", b"x"],
+            &[],
+        ] {
+            assert!(
+                matches!(judged(&names, refused), Judged::Refused(..)),
+                "{refused:?}"
+            );
+        }
+        assert!(matches!(
+            judge(
+                &question(&[b"a", b"allowed", b"test"], DNSClass::CH),
+                &names
+            ),
+            Judged::Refused(..)
+        ));
+        let mut txt = question(&[b"a", b"allowed", b"test"], DNSClass::IN);
+        txt.set_query_type(RecordType::TXT);
+        assert_eq!(judge(&txt, &names), Judged::NoData);
+    }
 }

@@ -28,7 +28,9 @@ use nix::unistd::{Pid, User, getgrouplist, getpid, getppid};
 
 use crate::backend::{Backend, Enforced, Placement};
 use crate::plan::Plan;
+use crate::policy::name::HostName;
 use crate::resolve::Resolver;
+use crate::sys::file::{self, Rights};
 use crate::sys::{SysError, caps};
 use init::RunAs;
 use state::{Locked, State};
@@ -116,6 +118,14 @@ pub fn apply(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<
     let run_as = run_as(options.user.as_deref())?;
     let cwd = std::env::current_dir()
         .map_err(|e| ApplyError::Refused(format!("cannot read the working directory: {e}")))?;
+    // Opened now, before the command exists, with the invoking user's rights: see sys::file.
+    let mut events = match &options.events {
+        Some(path) => Some(
+            file::create_for(path, invoking_user()?.as_ref())
+                .map_err(|e| ApplyError::Refused(format!("--events: {e}")))?,
+        ),
+        None => None,
+    };
 
     // From here on the forwarded signals are handled by a thread of ours (see `forward_signals`);
     // blocked before any thread starts, so every thread inherits the mask.
@@ -157,7 +167,7 @@ pub fn apply(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<
         Err(e) => (Err(e), Vec::new()),
     };
     denials.extend(enforced.denials());
-    let reported = report_denials(&denials, options.events.as_deref());
+    let reported = report_denials(&denials, events.as_mut());
     let locked = state.lock()?;
     let teardown = enforced.teardown(&locked);
     let _ = std::fs::remove_file(resolv_conf_path(state.dir(), slot.index));
@@ -192,6 +202,8 @@ fn run_in(
                 // grace period, before the command runs.
                 for (name, addrs, ttl) in plan.name_answers() {
                     let ttl = std::time::Duration::from_secs(ttl.into());
+                    let name = HostName::parse(&name)
+                        .map_err(|e| SysError::new(format!("admit `{name}`"), e))?;
                     names.admit(&name, &addrs, ttl.saturating_add(plan.dns_grace))?;
                 }
                 Ok(names)
@@ -283,22 +295,34 @@ fn run_in(
     Ok((code, dns.map(dns::DnsService::finish).unwrap_or_default()))
 }
 
-/// A one-line summary on stderr, and every denial as a JSON line in `events` if given.
+/// A one-line summary on stderr, and every denial as a JSON line in `events` if given. Events
+/// go only to the file opened before the command ran; if its path names something else now (the
+/// command replaced it, with a link say), nothing is written and that is an error.
 fn report_denials(
     denials: &[crate::backend::Denial],
-    events: Option<&Path>,
+    events: Option<&mut file::UserFile>,
 ) -> Result<(), SysError> {
-    if let Some(path) = events {
+    let has_events = events.is_some();
+    let written = events.map_or(Ok(()), |out| {
+        use std::io::Write;
+        if out.replaced() {
+            return Err(SysError::new(
+                format!("write the events to {}", out.path.display()),
+                "the file was removed or replaced while the command ran (a link, say); sbx \
+                 wrote nothing through what is there now, and the events are lost",
+            ));
+        }
         let mut text = String::new();
         for denial in denials {
             text.push_str(&serde_json::to_string(denial).expect("serialisable"));
             text.push('\n');
         }
-        std::fs::write(path, text)
-            .map_err(|e| SysError::new(format!("write {}", path.display()), e))?;
-    }
+        out.file
+            .write_all(text.as_bytes())
+            .map_err(|e| SysError::new(format!("write {}", out.path.display()), e))
+    });
     if denials.is_empty() {
-        return Ok(());
+        return written;
     }
     let mut by_destination: std::collections::BTreeMap<(String, &str), (usize, Vec<&str>)> =
         std::collections::BTreeMap::new();
@@ -344,7 +368,7 @@ fn report_denials(
     if by_destination.len() > 5 {
         parts.push(format!("and {} more", by_destination.len() - 5));
     }
-    let hint = if events.is_none() {
+    let hint = if !has_events {
         " (every one: --events FILE)"
     } else {
         ""
@@ -355,7 +379,7 @@ fn report_denials(
         if denials.len() == 1 { "" } else { "s" },
         parts.join(", ")
     );
-    Ok(())
+    written
 }
 
 fn forwarded_signals() -> SigSet {
@@ -504,11 +528,43 @@ fn run_as(user: Option<&str>) -> Result<RunAs, ApplyError> {
     let Some(user) = user.filter(|u| !u.uid.is_root()) else {
         return Ok(RunAs::Root);
     };
+    let Rights { uid, gid, groups } = rights_of(&user)?;
+    Ok(RunAs::User { uid, gid, groups })
+}
+
+/// The user who ran sbx, when not root: the sudo user (`SUDO_UID`), or the real user of an sbx
+/// given capabilities some other way. `None` for root. Files sbx writes for the user are opened
+/// with these rights (`--user` does not change them: it names who the command runs as).
+fn invoking_user() -> Result<Option<Rights>, ApplyError> {
+    let real = nix::unistd::getuid();
+    let uid = if real.is_root() {
+        // As `run_as` reads it: the command runs as this user too.
+        match std::env::var("SUDO_UID")
+            .ok()
+            .and_then(|u| u.parse::<u32>().ok())
+        {
+            Some(uid) => uid,
+            None => return Ok(None),
+        }
+    } else {
+        real.as_raw()
+    };
+    if uid == 0 {
+        return Ok(None);
+    }
+    let user = User::from_uid(uid.into()).ok().flatten().ok_or_else(|| {
+        ApplyError::Refused(format!("the invoking user {uid} has no passwd entry"))
+    })?;
+    rights_of(&user).map(Some)
+}
+
+/// A user's uid, primary group and every group they are in.
+fn rights_of(user: &User) -> Result<Rights, ApplyError> {
     let name = std::ffi::CString::new(user.name.clone())
         .map_err(|_| ApplyError::Refused(format!("user name `{}` is not valid", user.name)))?;
     let groups = getgrouplist(&name, user.gid)
         .map_err(|e| SysError::new(format!("look up the groups of {}", user.name), e))?;
-    Ok(RunAs::User {
+    Ok(Rights {
         uid: user.uid.as_raw(),
         gid: user.gid.as_raw(),
         groups: groups.iter().map(|g| g.as_raw()).collect(),

@@ -1,10 +1,11 @@
 //! Kernel interfaces, each wrapped once: namespaces, mounts, capabilities, system-call
-//! filters, Landlock, sysctls, file locks, bpf.
+//! filters, Landlock, sysctls, file locks, bpf, files written for the user.
 //! Errors say which step failed.
 
 pub mod bpf;
 pub mod caps;
 pub mod cgroup;
+pub mod file;
 pub mod landlock;
 pub mod mount;
 pub mod netns;

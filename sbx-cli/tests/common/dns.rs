@@ -83,7 +83,10 @@ impl Zone {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoggedQuery {
+    /// Lower case, without the trailing dot, in zone-file text (`\.` for a dot inside a label).
     pub name: String,
+    /// The name's labels exactly as they came on the wire.
+    pub labels: Vec<Vec<u8>>,
     pub record_type: RecordType,
     pub tcp: bool,
 }
@@ -256,11 +259,12 @@ fn tcp_serve(mut stream: TcpStream, stop: &AtomicBool, shared: &Shared) {
 fn respond(shared: &Shared, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
     let request = Message::from_vec(query).ok()?;
     let question = request.queries.first()?.clone();
-    let qname = question.name().to_string();
+    let qname = question.name().to_ascii();
     let qname = qname.trim_end_matches('.').to_ascii_lowercase();
     let qtype = question.query_type();
     shared.log.lock().unwrap().push(LoggedQuery {
         name: qname.clone(),
+        labels: question.name().iter().map(<[u8]>::to_vec).collect(),
         record_type: qtype,
         tcp,
     });
