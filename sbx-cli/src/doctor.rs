@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::backend::ebpf;
 use crate::sandbox::state::STATE_DIR;
-use crate::sys::caps;
+use crate::sys::{caps, landlock};
 
 /// One finding: a check and, when it fails, why.
 struct Check {
@@ -77,6 +77,7 @@ fn ebpf_checks() -> Vec<Check> {
     let cgroup2 = ebpf::cgroup2_mount();
     let v1 = v1_net_controllers();
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    let landlock = landlock::abi_version();
     // SAFETY: bpf(2) with an invalid command only reports whether the syscall exists.
     let bpf = unsafe { libc::syscall(libc::SYS_bpf, -1i64, 0usize, 0u32) };
     let bpf_problem = (bpf < 0
@@ -104,6 +105,15 @@ fn ebpf_checks() -> Vec<Check> {
         check(
             "kernel BTF (/sys/kernel/btf/vmlinux)",
             (!btf).then(|| "missing: the kernel was built without CONFIG_DEBUG_INFO_BTF".into()),
+        ),
+        check(
+            "Landlock scopes (keep the host's abstract unix sockets out of reach)",
+            (landlock < landlock::SCOPES_ABI).then(|| {
+                format!(
+                    "the kernel offers Landlock ABI {landlock}, scopes need 6 (Linux 6.12) with \
+                     landlock in the lsm= boot list: use --backend nftables"
+                )
+            }),
         ),
     ]
 }

@@ -28,3 +28,22 @@ pub fn scope_abstract_unix_sockets(required: bool) -> Result<bool, SysError> {
         })?;
     Ok(status.ruleset == RulesetStatus::FullyEnforced)
 }
+
+/// The Landlock ABI version the kernel offers; 0 where Landlock is missing or switched off.
+pub fn abi_version() -> i64 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with this flag and no attribute the call creates nothing and only answers the
+    // version (or an error).
+    let version = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    version.max(0)
+}
+
+/// The first ABI with scopes (`LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET`).
+pub const SCOPES_ABI: i64 = 6;
