@@ -210,7 +210,129 @@ c = socket.socket(socket.AF_UNIX); c.connect(\"\\0{name}-own\"); print(\"own=rea
     }
 }
 
+/// Typing into the terminal sbx was started from (TIOCSTI) would run what is typed in the
+/// invoking shell, outside the sandbox, once sbx exits. The probe types into a terminal of its
+/// own, made its controlling terminal, so that nothing reaches a real one even if it works.
+fn the_terminal_cannot_be_typed_into(backend: &str) {
+    require_root();
+    let _guard = exclusive();
+    let dir = Dir::new();
+    let code = r#"
+import os, pty, fcntl, termios
+master, slave = pty.openpty()
+name = os.ttyname(slave)
+if os.fork() == 0:
+    os.setsid()
+    fd = os.open(name, os.O_RDWR)
+    try:
+        fcntl.ioctl(fd, termios.TIOCSTI, b"x")
+        print("tiocsti=typed")
+    except OSError as e:
+        print("tiocsti=refused", e.errno)
+    os._exit(0)
+os.wait()
+"#;
+    let script = &format!("python3 -c '{code}'");
+    for user in [None, Some("nobody")] {
+        let out = run(backend, user, &dir, script);
+        let text = text(&out);
+        assert!(text.contains("tiocsti=refused 1"), "{user:?}: {text}");
+    }
+}
+
+/// Socket families and protocols neither backend judges: UDP-Lite and SCTP would pass the eBPF
+/// hooks by; AF_VSOCK reaches the hypervisor through no network namespace.
+fn sockets_no_backend_judges_are_refused(backend: &str) {
+    require_root();
+    let _guard = exclusive();
+    let dir = Dir::new();
+    let code = r#"
+import socket
+probes = [("udplite", 2, 2, 136), ("udplite6", 10, 2, 136), ("sctp", 2, 1, 132),
+          ("vsock", 40, 1, 0), ("tcp", 2, 1, 0), ("udp6", 10, 2, 0)]
+for name, family, kind, proto in probes:
+    try:
+        socket.socket(family, kind, proto)
+        print(name + "=made")
+    except OSError:
+        print(name + "=refused")
+"#;
+    let script = &format!("python3 -c '{code}'");
+    for user in [None, Some("nobody")] {
+        let out = run(backend, user, &dir, script);
+        let text = text(&out);
+        for refused in ["udplite", "udplite6", "sctp", "vsock"] {
+            assert!(
+                text.contains(&format!("{refused}=refused")),
+                "{user:?}: {text}"
+            );
+        }
+        assert!(
+            text.contains("tcp=made") && text.contains("udp6=made"),
+            "{user:?}: {text}"
+        );
+    }
+}
+
+/// A socket made outside the sandbox is the host's: whoever started sbx must not hand one to
+/// the command by accident. Pipes (a make jobserver) still pass.
+fn inherited_sockets_are_closed(backend: &str) {
+    require_root();
+    let _guard = exclusive();
+    let dir = Dir::new();
+    // Without close-on-exec, so that sbx inherits them as a careless caller would pass them.
+    // SAFETY: plain system calls creating descriptors this test closes below.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    let mut pipe = [0; 2];
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    assert!(socket > 2);
+    let script = format!(
+        "[ -e /proc/self/fd/{socket} ] && echo socket=kept || echo socket=closed; \
+         [ -e /proc/self/fd/{pipe} ] && echo pipe=kept || echo pipe=closed",
+        pipe = pipe[0]
+    );
+    for user in [None, Some("nobody")] {
+        let out = run(backend, user, &dir, &script);
+        let text = text(&out);
+        assert!(text.contains("socket=closed"), "{user:?}: {text}");
+        assert!(text.contains("pipe=kept"), "{user:?}: {text}");
+    }
+    // SAFETY: descriptors this test made.
+    unsafe {
+        libc::close(socket);
+        libc::close(pipe[0]);
+        libc::close(pipe[1]);
+    }
+}
+
+/// The host's device nodes (loop devices, disks, consoles, kvm) are not in the sandbox's /dev;
+/// what programs expect is, and new terminals can be opened.
+fn dev_holds_only_what_programs_expect(backend: &str) {
+    require_root();
+    let _guard = exclusive();
+    let dir = Dir::new();
+    let script = "ls /dev | tr '\\n' ' '; echo; echo x > /dev/null && echo null=ok; \
+                  python3 -c 'import os, pty; m, s = pty.openpty(); print(\"pty=\" + os.ttyname(s))'";
+    for user in [None, Some("nobody")] {
+        let out = run(backend, user, &dir, script);
+        let text = text(&out);
+        let listing = text.lines().next().unwrap_or_default();
+        assert_eq!(
+            listing.trim(),
+            "fd full null ptmx pts random shm stderr stdin stdout tty urandom zero",
+            "{user:?}: {text}"
+        );
+        assert!(text.contains("null=ok"), "{user:?}: {text}");
+        assert!(text.contains("pty=/dev/pts/"), "{user:?}: {text}");
+    }
+}
+
 crate::on_both_backends!(
+    the_terminal_cannot_be_typed_into,
+    sockets_no_backend_judges_are_refused,
+    inherited_sockets_are_closed,
+    dev_holds_only_what_programs_expect,
     kernel_settings_and_cgroups_stay_out_of_reach,
     sbx_state_is_invisible_to_the_command,
     the_hosts_abstract_unix_sockets_are_out_of_reach,

@@ -24,7 +24,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, fork, pipe, setgroups, setresgid, setresuid};
 
 use super::state::STATE_DIR;
-use crate::sys::{Step, SysError, caps, landlock, mount, seccomp};
+use crate::sys::{Step, SysError, caps, fd, landlock, mount, seccomp};
 
 /// Who the command runs as.
 #[derive(Debug, Clone)]
@@ -249,6 +249,7 @@ const CONTROL_FILE_SYSTEMS: &[&str] = &[
 fn set_up_mounts(resolv_conf: Option<&Path>) -> Result<(), SysError> {
     mount::make_all_private()?;
     mount::fresh_proc()?;
+    mount::private_dev()?;
     if let Some(source) = resolv_conf {
         // Follow a symlinked /etc/resolv.conf (systemd-resolved) to the file programs read.
         let target =
@@ -291,6 +292,9 @@ fn run_command(args: &InitArgs) -> ! {
     }
     if let Err(e) = drop_privileges(&args.run_as) {
         fail("drop privileges", e);
+    }
+    if let Err(e) = fd::close_inherited_sockets() {
+        fail("close inherited sockets", e);
     }
     if let Err(e) = nix::sys::prctl::set_no_new_privs() {
         fail("set no_new_privs", e);

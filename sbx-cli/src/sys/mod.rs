@@ -5,6 +5,7 @@
 pub mod bpf;
 pub mod caps;
 pub mod cgroup;
+pub mod fd;
 pub mod file;
 pub mod landlock;
 pub mod mount;

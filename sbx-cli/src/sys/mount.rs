@@ -3,7 +3,11 @@
 //! namespace only; sbx calls them in `sbx __init`, after `unshare(CLONE_NEWNS)` and with every
 //! mount made private, so the host's mounts stay as they are.
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
@@ -45,6 +49,110 @@ pub fn bind_file_read_only(source: &Path, target: &Path) -> Result<(), SysError>
     )
     .step(|| format!("bind {} on {}", source.display(), target.display()))?;
     remount_read_only(target)
+}
+
+/// The host's device nodes the command gets: what programs expect of every system, and none
+/// that reaches hardware or host-wide kernel state (loop devices, disks, consoles, kvm).
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Replaces /dev with a read-only tmpfs holding [`DEVICES`] (bound from the host's), the
+/// host's /dev/pts (so that the command keeps its terminal and can open new ones), an empty
+/// /dev/shm of its own, and the usual links into /proc/self/fd. Needs /proc mounted.
+pub fn private_dev() -> Result<(), SysError> {
+    let dev = Path::new("/dev");
+    let open = |name: &'static str, flags: OFlag| {
+        let path = dev.join(name);
+        nix::fcntl::open(
+            &path,
+            flags | OFlag::O_PATH | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()
+        .map(|fd| (name, fd))
+    };
+    // Held by descriptor while the new /dev covers them.
+    let nodes: Vec<_> = DEVICES
+        .iter()
+        .filter_map(|n| open(n, OFlag::empty()))
+        .collect();
+    let pts = open("pts", OFlag::O_DIRECTORY);
+    mount(
+        Some("tmpfs"),
+        dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=64k"),
+    )
+    .step(|| "mount a tmpfs on /dev".into())?;
+    let from = |fd: &std::os::fd::OwnedFd| format!("/proc/self/fd/{}", fd.as_raw_fd());
+    for (name, fd) in &nodes {
+        let target = dev.join(name);
+        std::fs::File::create(&target).step(|| format!("create {}", target.display()))?;
+        mount(
+            Some(from(fd).as_str()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .step(|| format!("bind the host's {} into the sandbox", target.display()))?;
+    }
+    if let Some((_, fd)) = &pts {
+        let target = dev.join("pts");
+        std::fs::create_dir(&target).step(|| format!("create {}", target.display()))?;
+        mount(
+            Some(from(fd).as_str()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .step(|| format!("bind the host's {} into the sandbox", target.display()))?;
+    }
+    // The pty multiplexer makes its pty in the devpts mounted at "pts" beside it, in the same
+    // mount: so a node of this tmpfs, not a bind of the host's.
+    let ptmx = dev.join("ptmx");
+    nix::sys::stat::mknod(
+        &ptmx,
+        nix::sys::stat::SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(5, 2),
+    )
+    .step(|| format!("create {}", ptmx.display()))?;
+    std::fs::set_permissions(&ptmx, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .step(|| format!("make {} usable by every user", ptmx.display()))?;
+    let shm = dev.join("shm");
+    std::fs::create_dir(&shm).step(|| format!("create {}", shm.display()))?;
+    mount(
+        Some("tmpfs"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+    .step(|| format!("mount a tmpfs on {}", shm.display()))?;
+    for (link, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(to, dev.join(link))
+            .step(|| format!("link /dev/{link} to {to}"))?;
+    }
+    // Not nodev, unlike the other read-only mounts: /dev/ptmx is a node of this one.
+    mount(
+        None::<&str>,
+        dev,
+        None::<&str>,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .step(|| "make /dev read-only".into())
 }
 
 /// Binds `path` onto itself and makes that bind read-only (and nosuid, nodev, noexec). A

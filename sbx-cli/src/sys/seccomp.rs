@@ -5,7 +5,8 @@
 //! the namespaces it then creates, from which it could mount cgroup2, unshare a network or hide
 //! from the cgroup), joining namespaces, every mount call, bpf(2) (a pinned map opened by path
 //! needs no capability, only the file's permission), module and kexec loading, and the kernel
-//! keyrings (not namespaced: root's keyring is the host root's). The rest of the system-call
+//! keyrings (not namespaced: root's keyring is the host root's); typing into the terminal
+//! (TIOCSTI); and sockets of families and protocols that no backend judges. The rest of the system-call
 //! table is allowed, as in a container runtime's default profile minus what needs capabilities
 //! the command does not have anyway.
 //!
@@ -72,6 +73,10 @@ const DENIED: &[libc::c_long] = &[
 const NR: u32 = 0;
 const ARCH: u32 = 4;
 const ARG0_LOW: u32 = 16;
+const ARG1_LOW: u32 = 24;
+const ARG2_LOW: u32 = 32;
+/// Not in the libc crate (asm-generic/ioctls.h).
+const TIOCLINUX: u32 = 0x541c;
 
 const LOAD: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
 const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
@@ -85,9 +90,14 @@ const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 enum Label {
     Unshare,
     Clone,
+    Ioctl,
+    Socket,
+    Protocol,
     Allow,
     Eperm,
     Enosys,
+    Eafnosupport,
+    Eprotonosupport,
     Kill,
 }
 
@@ -119,6 +129,8 @@ fn program() -> Vec<(Option<Label>, u16, u32, To, To)> {
     }
     p.extend([
         (None, JEQ, libc::SYS_unshare as u32, At(Unshare), Next),
+        (None, JEQ, libc::SYS_ioctl as u32, At(Ioctl), Next),
+        (None, JEQ, libc::SYS_socket as u32, At(Socket), Next),
         (None, JEQ, libc::SYS_clone as u32, At(Clone), At(Allow)),
         (Some(Unshare), LOAD, ARG0_LOW, Next, Next),
         (
@@ -130,11 +142,57 @@ fn program() -> Vec<(Option<Label>, u16, u32, To, To)> {
         ),
         (Some(Clone), LOAD, ARG0_LOW, Next, Next),
         (None, JSET, NAMESPACE_FLAGS, At(Eperm), At(Allow)),
+        // Typing into the terminal the command shares with the shell that started sbx: what it
+        // types runs outside the sandbox once sbx exits (TIOCSTI; TIOCLINUX can paste too).
+        (Some(Ioctl), LOAD, ARG1_LOW, Next, Next),
+        (None, JEQ, libc::TIOCSTI as u32, At(Eperm), Next),
+        (None, JEQ, TIOCLINUX, At(Eperm), At(Allow)),
+        // Socket families the backends judge, and protocols they judge: UDP-Lite, SCTP, DCCP
+        // pass the eBPF hooks by, and AF_VSOCK (to the hypervisor) leaves through no network
+        // namespace. Other families are "not supported", as on a kernel without them.
+        (Some(Socket), LOAD, ARG0_LOW, Next, Next),
+        (None, JEQ, libc::AF_UNIX as u32, At(Allow), Next),
+        (None, JEQ, libc::AF_NETLINK as u32, At(Allow), Next),
+        (None, JEQ, libc::AF_INET as u32, At(Protocol), Next),
+        (
+            None,
+            JEQ,
+            libc::AF_INET6 as u32,
+            At(Protocol),
+            At(Eafnosupport),
+        ),
+        (Some(Protocol), LOAD, ARG2_LOW, Next, Next),
+        (None, JEQ, 0, At(Allow), Next),
+        (None, JEQ, libc::IPPROTO_TCP as u32, At(Allow), Next),
+        (None, JEQ, libc::IPPROTO_UDP as u32, At(Allow), Next),
+        (None, JEQ, libc::IPPROTO_MPTCP as u32, At(Allow), Next),
+        (None, JEQ, libc::IPPROTO_ICMP as u32, At(Allow), Next),
+        (
+            None,
+            JEQ,
+            libc::IPPROTO_ICMPV6 as u32,
+            At(Allow),
+            At(Eprotonosupport),
+        ),
         (Some(Allow), RET, libc::SECCOMP_RET_ALLOW, Next, Next),
         (
             Some(Eperm),
             RET,
             libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+            Next,
+            Next,
+        ),
+        (
+            Some(Eafnosupport),
+            RET,
+            libc::SECCOMP_RET_ERRNO | libc::EAFNOSUPPORT as u32,
+            Next,
+            Next,
+        ),
+        (
+            Some(Eprotonosupport),
+            RET,
+            libc::SECCOMP_RET_ERRNO | libc::EPROTONOSUPPORT as u32,
             Next,
             Next,
         ),
