@@ -1218,7 +1218,6 @@ fn assert_no_map_entries() {
         "TABLES",
         "CHUNKS4",
         "CHUNKS6",
-        "BOUND",
         "ANSWERED4",
         "ANSWERED6",
     ] {

@@ -153,15 +153,14 @@ pub struct Answered {
     pub expires: u64,
 }
 
-/// A port the sandboxed command itself listens on (or bound): loopback connects to it are its
-/// own business.
+/// The value every socket created in a sandbox carries in its own storage (a socket-local
+/// storage map): the id of the sandbox's cgroup. A destination is the command's own when the
+/// socket the kernel would deliver to there carries its sandbox's id: the kernel's own socket
+/// lookup decides, not the addresses and ports the command bound.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BoundKey {
+pub struct SocketOwner {
     pub cgroup: u64,
-    pub port: u16,
-    pub protocol: u8,
-    pub _pad: [u8; 5],
 }
 
 /// The hook that refused something.
@@ -170,6 +169,8 @@ pub const HOOK_CONNECT6: u8 = 2;
 pub const HOOK_SENDMSG4: u8 = 3;
 pub const HOOK_SENDMSG6: u8 = 4;
 pub const HOOK_SOCK_CREATE: u8 = 5;
+pub const HOOK_BIND4: u8 = 6;
+pub const HOOK_BIND6: u8 = 7;
 
 /// A refusal, reported to sbx through a ring buffer.
 #[repr(C)]
@@ -200,7 +201,7 @@ mod user {
     unsafe impl aya::Pod for Table {}
     unsafe impl aya::Pod for Chunk4 {}
     unsafe impl aya::Pod for Chunk6 {}
-    unsafe impl aya::Pod for BoundKey {}
+    unsafe impl aya::Pod for SocketOwner {}
     unsafe impl aya::Pod for Answered {}
     unsafe impl aya::Pod for DenyEvent {}
 }

@@ -20,10 +20,10 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 #[repr(u32)]
 pub enum AttachType {
     SockCreate = 2,
+    Bind4 = 8,
+    Bind6 = 9,
     Connect4 = 10,
     Connect6 = 11,
-    PostBind4 = 12,
-    PostBind6 = 13,
     SendMsg4 = 14,
     SendMsg6 = 15,
 }
