@@ -5,6 +5,7 @@
 //!
 //! 1. A bind elsewhere (127.0.0.2:P, [::]:P) made the host's 127.0.0.1:P "the command's own", and
 //!    so did a bind of 127.0.0.2:53 for DNS, which then passed sbx's DNS service by.
+//! 2. The unspecified addresses and IPv4-mapped loopback reached host loopback services.
 
 mod common;
 
@@ -177,6 +178,65 @@ fn a_bind_elsewhere_does_not_make_a_host_loopback_port_the_commands_own() {
     let leaked: Vec<String> = resolver.queries().into_iter().map(|q| q.name).collect();
     if !leaked.is_empty() {
         failures.push(format!("the host's resolver was asked {leaked:?}"));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Escape 2: 0.0.0.0, ::, ::ffff:0.0.0.0 and the IPv4-mapped loopback addresses lead to the
+/// host's loopback; none of them reaches a host loopback service, in any mode. The command's own
+/// servers stay reachable through them.
+#[test]
+fn unspecified_and_mapped_addresses_reach_no_host_loopback_service() {
+    require_root();
+    let _guard = exclusive();
+    let _loopback_only = HostService::start("127.0.0.1,::1", &["tcp:17221", "udp:17221"]);
+    // A host service on every address: its loopback side is the host's loopback too.
+    let _everywhere = HostService::start("0.0.0.0", &["tcp:17222"]);
+    let upstream = DnsServer::start(Zone::new());
+    let dir = Dir::new();
+    let before = host_state();
+    let mut failures = Vec::new();
+    for mode in MODES {
+        for user in USERS {
+            let policy = write_policy(&dir, mode, &upstream);
+            let mut expected: Vec<(String, &str)> = [
+                "serve-tcp:127.0.0.1:17302",
+                "serve-tcp:[::1]:17303",
+                "serve-udp:127.0.0.1:17304",
+                "tcp:0.0.0.0:17302",
+                "tcp:[::ffff:127.0.0.1]:17302",
+                "tcp:[::ffff:0.0.0.0]:17302",
+                "tcp:[::]:17303",
+                "udp:0.0.0.0:17304",
+            ]
+            .into_iter()
+            .map(|action| (action.to_string(), "ok"))
+            .collect();
+            expected.extend(
+                [
+                    "tcp:0.0.0.0:17221",
+                    "tcp:[::]:17221",
+                    "tcp:[::ffff:0.0.0.0]:17221",
+                    "tcp:[::ffff:127.0.0.1]:17221",
+                    "tcp:127.0.0.1:17221",
+                    "tcp:[::1]:17221",
+                    "tcp:0.0.0.0:17222",
+                    "tcp:127.1.2.3:17222",
+                    "tcp:[::ffff:127.1.2.3]:17222",
+                    "udp:0.0.0.0:17221",
+                    "udp:[::]:17221",
+                    "udp:[::ffff:0.0.0.0]:17221",
+                    "udp:[::ffff:127.0.0.1]:17221",
+                ]
+                .into_iter()
+                .map(|action| (action.to_string(), "denied")),
+            );
+            let label = format!("{mode:?} as {}", user.unwrap_or("root"));
+            failures.extend(run_escape(&policy, user, &label, &expected));
+            if host_state() != before {
+                failures.push(format!("{label}: the host changed"));
+            }
+        }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

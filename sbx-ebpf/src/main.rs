@@ -4,10 +4,11 @@
 //!
 //! The verdict, as in the Plan: the command's own sockets on loopback are always reachable (the
 //! socket the kernel would deliver to was created in the sandbox); a deny rule refuses; in mode
-//! `open` everything else is allowed, except the host's loopback (127.0.0.0/8, ::1), which only
-//! an allow rule opens; in mode `allowlist` only what an allow rule admits; in mode `none`
-//! nothing. DNS (port 53) goes to sbx's DNS service in allowlist mode, wherever it was sent,
-//! unless it is for the command's own socket.
+//! `open` everything else is allowed, except the host's loopback (127.0.0.0/8, ::1, and the
+//! unspecified addresses, which the kernel sends to loopback), which only an allow rule opens; in
+//! mode `allowlist` only what an allow rule admits; in mode `none` nothing. DNS (port 53) goes to
+//! sbx's DNS service in allowlist mode, wherever it was sent, unless it is for the command's own
+//! socket.
 #![no_std]
 #![no_main]
 
@@ -254,7 +255,8 @@ enum Ip {
 const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 impl Ip {
-    /// The host's loopback: 127.0.0.0/8 and ::1.
+    /// The host's loopback: 127.0.0.0/8 and ::1. (The unspecified addresses, which the kernel
+    /// sends to loopback, are made loopback addresses before anything is judged.)
     #[inline(always)]
     fn loopback(self) -> bool {
         match self {
@@ -353,7 +355,7 @@ enum Outcome {
     ToDns,
 }
 
-/// The verdict for a destination.
+/// The verdict for a destination (an unspecified address already made loopback).
 #[inline(always)]
 fn verdict(ctx: *mut c_void, policy: &Policy, cgroup: u64, addr: Ip, protocol: u8, port: u16) -> Outcome {
     let loopback = addr.loopback();
@@ -422,7 +424,12 @@ fn judge4(ctx: &SockAddrContext, hook: u8) -> i32 {
     let Some(policy) = (unsafe { POLICIES.get(&cgroup) }) else {
         return DENY; // not a sandbox sbx knows: fail closed
     };
-    let addr4 = sa.user_ip4.to_ne_bytes();
+    let mut addr4 = sa.user_ip4.to_ne_bytes();
+    if addr4 == [0; 4] {
+        // The kernel sends to 0.0.0.0 on loopback; where it goes is what is judged.
+        addr4 = [127, 0, 0, 1];
+        sa.user_ip4 = u32::from_ne_bytes(addr4);
+    }
     let port = u16::from_be(sa.user_port as u16);
     let protocol = sa.protocol as u8;
     match verdict(ctx.sock_addr.cast(), policy, cgroup, Ip::V4(addr4), protocol, port) {
@@ -462,7 +469,17 @@ fn judge6(ctx: &SockAddrContext, hook: u8) -> i32 {
     }
     let port = u16::from_be(sa.user_port as u16);
     let protocol = sa.protocol as u8;
+    // The kernel sends to :: (and ::ffff:0.0.0.0) on loopback; where it goes is what is judged.
+    if addr == [0; 16] {
+        addr = LOOPBACK6;
+        sa.user_ip6[3] = u32::from_ne_bytes([0, 0, 0, 1]);
+    }
     let is_mapped = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
+    if is_mapped && addr[12..] == [0; 4] {
+        addr[12] = 127;
+        addr[15] = 1;
+        sa.user_ip6[3] = u32::from_ne_bytes([127, 0, 0, 1]);
+    }
     let judged = if is_mapped { Ip::V4([addr[12], addr[13], addr[14], addr[15]]) } else { Ip::V6(addr) };
     match verdict(ctx.sock_addr.cast(), policy, cgroup, judged, protocol, port) {
         Outcome::Deny => {
