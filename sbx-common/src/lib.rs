@@ -163,6 +163,25 @@ pub struct SocketOwner {
     pub cgroup: u64,
 }
 
+/// A peer an unconnected UDP socket of a sandbox sent a datagram to, keyed with that socket's
+/// local port: datagrams from the peer to that port are replies, which the inbound program
+/// admits until the value (`CLOCK_MONOTONIC` nanoseconds) passes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub cgroup: u64,
+    /// The peer's address; IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).
+    pub addr: [u8; 16],
+    /// The peer's port and the local port, host order.
+    pub port: u16,
+    pub local_port: u16,
+    pub _pad: [u8; 4],
+}
+
+/// How long a peer stays admitted after the last datagram sent to it (conntrack keeps a UDP flow
+/// that has seen replies for 120 s by default; the nftables backend follows conntrack).
+pub const PEER_TTL_NS: u64 = 120 * 1_000_000_000;
+
 /// The hook that refused something.
 pub const HOOK_CONNECT4: u8 = 1;
 pub const HOOK_CONNECT6: u8 = 2;
@@ -202,6 +221,7 @@ mod user {
     unsafe impl aya::Pod for Chunk4 {}
     unsafe impl aya::Pod for Chunk6 {}
     unsafe impl aya::Pod for SocketOwner {}
+    unsafe impl aya::Pod for PeerKey {}
     unsafe impl aya::Pod for Answered {}
     unsafe impl aya::Pod for DenyEvent {}
 }

@@ -9,6 +9,10 @@
 //! mode `allowlist` only what an allow rule admits; in mode `none` nothing. DNS (port 53) goes to
 //! sbx's DNS service in allowlist mode, wherever it was sent, unless it is for the command's own
 //! socket.
+//!
+//! Inbound (`ingress`): nothing from outside the sandbox reaches a listening TCP socket of the
+//! command, and an unconnected UDP socket of the command receives only from its own sockets and
+//! from the peers it sent to (replies), as the nftables backend's conntrack rules have it.
 #![no_std]
 #![no_main]
 
@@ -21,15 +25,16 @@ use aya_ebpf::bindings::{
 };
 use aya_ebpf::btf_maps::SkStorage;
 use aya_ebpf::helpers::generated::{
-    bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release, bpf_sk_storage_get,
+    bpf_sk_cgroup_id, bpf_sk_fullsock, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release,
+    bpf_sk_storage_get, bpf_skb_cgroup_id,
 };
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
 };
-use aya_ebpf::macros::{btf_map, cgroup_sock, cgroup_sock_addr, map};
+use aya_ebpf::macros::{btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, map};
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{HashMap, LpmTrie, RingBuf};
-use aya_ebpf::programs::{SockAddrContext, SockContext};
+use aya_ebpf::maps::{HashMap, LpmTrie, LruHashMap, RingBuf};
+use aya_ebpf::programs::{SkBuffContext, SockAddrContext, SockContext};
 use sbx_common::*;
 
 const MAX_SANDBOXES: u32 = 4096;
@@ -58,6 +63,9 @@ static CHUNKS6: HashMap<ChunkKey, Chunk6> = HashMap::with_max_entries(1024, BPF_
 /// The sandbox every socket created in one belongs to (see `SocketOwner`); goes with the socket.
 #[btf_map]
 static OWNERS: SkStorage<SocketOwner> = SkStorage::new();
+/// Peers unconnected UDP sockets sent to, whose replies are admitted (see `PeerKey`).
+#[map]
+static PEERS: LruHashMap<PeerKey, u64> = LruHashMap::with_max_entries(65536, 0);
 #[map]
 static ANSWERED4: HashMap<Addr4Key, Answered> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
 #[map]
@@ -76,6 +84,11 @@ const IPPROTO_ICMP: u32 = 1;
 const IPPROTO_ICMPV6: u32 = 58;
 /// `BPF_F_CURRENT_NETNS`: socket lookups in the caller's network namespace.
 const CURRENT_NETNS: u64 = u64::MAX;
+/// `BPF_TCP_LISTEN`, the state of a listening socket in `bpf_sock`.
+const TCP_LISTEN: u32 = 10;
+const LOOPBACK_IFINDEX: u32 = 1;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
 
 #[inline(always)]
 fn cgroup() -> u64 {
@@ -415,6 +428,18 @@ fn mapped(addr4: [u8; 4]) -> [u8; 16] {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr4[0], addr4[1], addr4[2], addr4[3]]
 }
 
+/// Remembers, for a datagram an unconnected UDP socket is allowed to send, that replies from its
+/// destination may come back (see `ingress`).
+#[inline(always)]
+fn remember_peer(ctx: &SockAddrContext, cgroup: u64, addr: [u8; 16], port: u16) {
+    // SAFETY: the context's socket is valid for the program's run.
+    let local_port = unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).src_port } as u16;
+    let key = PeerKey { cgroup, addr, port, local_port, _pad: [0; 4] };
+    // SAFETY: a helper without arguments.
+    let expires = unsafe { bpf_ktime_get_ns() } + PEER_TTL_NS;
+    let _ = PEERS.insert(&key, &expires, 0);
+}
+
 /// Judges an IPv4 destination, sending DNS to sbx's service in allowlist mode.
 #[inline(always)]
 fn judge4(ctx: &SockAddrContext, hook: u8) -> i32 {
@@ -432,18 +457,22 @@ fn judge4(ctx: &SockAddrContext, hook: u8) -> i32 {
     }
     let port = u16::from_be(sa.user_port as u16);
     let protocol = sa.protocol as u8;
-    match verdict(ctx.sock_addr.cast(), policy, cgroup, Ip::V4(addr4), protocol, port) {
+    let (addr, port) = match verdict(ctx.sock_addr.cast(), policy, cgroup, Ip::V4(addr4), protocol, port) {
         Outcome::Deny => {
             report(cgroup, hook, mapped(addr4), protocol, port);
-            DENY
+            return DENY;
         }
         Outcome::ToDns => {
             sa.user_ip4 = policy.dns_ip4.to_be();
             sa.user_port = u32::from(policy.dns_port.to_be());
-            ALLOW
+            (policy.dns_ip4.to_be_bytes(), policy.dns_port)
         }
-        Outcome::Allow => ALLOW,
+        Outcome::Allow => (addr4, port),
+    };
+    if hook == HOOK_SENDMSG4 {
+        remember_peer(ctx, cgroup, mapped(addr), port);
     }
+    ALLOW
 }
 
 /// Judges an IPv6 destination; an IPv4-mapped one (`::ffff:a.b.c.d`, a dual-stack socket
@@ -481,18 +510,22 @@ fn judge6(ctx: &SockAddrContext, hook: u8) -> i32 {
         sa.user_ip6[3] = u32::from_ne_bytes([127, 0, 0, 1]);
     }
     let judged = if is_mapped { Ip::V4([addr[12], addr[13], addr[14], addr[15]]) } else { Ip::V6(addr) };
-    match verdict(ctx.sock_addr.cast(), policy, cgroup, judged, protocol, port) {
+    let (addr, port) = match verdict(ctx.sock_addr.cast(), policy, cgroup, judged, protocol, port) {
         Outcome::Deny => {
             report(cgroup, hook, addr, protocol, port);
-            DENY
+            return DENY;
         }
         Outcome::ToDns => {
             sa.user_ip6[3] = policy.dns_ip4.to_be();
             sa.user_port = u32::from(policy.dns_port.to_be());
-            ALLOW
+            (mapped(policy.dns_ip4.to_be_bytes()), policy.dns_port)
         }
-        Outcome::Allow => ALLOW,
+        Outcome::Allow => (addr, port),
+    };
+    if hook == HOOK_SENDMSG6 {
+        remember_peer(ctx, cgroup, addr, port);
     }
+    ALLOW
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -575,13 +608,112 @@ pub fn sock_create(ctx: SockContext) -> i32 {
         report(cgroup(), HOOK_SOCK_CREATE, [0; 16], sk.protocol as u8, 0);
         return DENY;
     }
-    // The socket is the sandbox's: what the own-socket lookups check.
+    // The socket is the sandbox's: what the own-socket lookups and the inbound program check.
     let mut owner = SocketOwner { cgroup: cgroup() };
     // SAFETY: the context is the new socket; `owner` is a map value on the stack for the call.
     unsafe {
         bpf_sk_storage_get(owners(), ctx.sock.cast(), ptr::from_mut(&mut owner).cast(), u64::from(BPF_SK_STORAGE_GET_F_CREATE))
     };
     ALLOW
+}
+
+/// Reads `N` bytes of the packet at `offset` (from its network header).
+#[inline(always)]
+fn bytes<const N: usize>(ctx: &SkBuffContext, offset: usize) -> Option<[u8; N]> {
+    ctx.load::<[u8; N]>(offset).ok()
+}
+
+/// Whether a packet delivered to a socket of the sandbox may be: everything but new inbound
+/// traffic. A listening TCP socket takes only the command's own connections (over loopback, from
+/// a socket created in the sandbox); an unconnected UDP socket takes datagrams from the
+/// command's own sockets and replies from peers it sent to; connected sockets take what the
+/// kernel gives them (their peer was judged when they connected). Anything else is dropped, as
+/// the nftables backend drops new inbound connections.
+#[inline(always)]
+fn admit(ctx: &SkBuffContext) -> bool {
+    let skb = ctx.skb.skb;
+    // SAFETY: the context pointer is valid for the program's run.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: `sk` is the receiving socket (ingress programs run for full sockets only).
+    let sk = unsafe { bpf_sk_fullsock(sk) };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: a full socket's fields are readable.
+    let (protocol, state, connected) = unsafe { ((*sk).protocol, (*sk).state, (*sk).dst_port != 0) };
+    match protocol as u8 {
+        PROTO_TCP if state != TCP_LISTEN => return true,
+        PROTO_UDP if connected => return true,
+        PROTO_TCP | PROTO_UDP => {}
+        _ => return false,
+    }
+    // SAFETY: reads of the context.
+    let (cgroup, family, ifindex) = unsafe { (bpf_skb_cgroup_id(skb), (*skb).protocol, (*skb).ifindex) };
+    let (src, dst, l4) = if family == u32::from(ETH_P_IP.to_be()) {
+        let Some([vihl]) = bytes::<1>(ctx, 0) else { return false };
+        let (Some(s), Some(d)) = (bytes::<4>(ctx, 12), bytes::<4>(ctx, 16)) else { return false };
+        (Ip::V4(s), Ip::V4(d), ((vihl & 0x0f) as usize) * 4)
+    } else if family == u32::from(ETH_P_IPV6.to_be()) {
+        // Only a transport header right after the fixed header; extension headers are dropped.
+        let Some([next]) = bytes::<1>(ctx, 6) else { return false };
+        if next != protocol as u8 {
+            return false;
+        }
+        let (Some(s), Some(d)) = (bytes::<16>(ctx, 8), bytes::<16>(ctx, 24)) else { return false };
+        (Ip::V6(s), Ip::V6(d), 40)
+    } else {
+        return false;
+    };
+    let Some([s0, s1, d0, d1]) = bytes::<4>(ctx, l4) else { return false };
+    let (sport, dport) = (u16::from_be_bytes([s0, s1]), u16::from_be_bytes([d0, d1]));
+    if ifindex == LOOPBACK_IFINDEX && own_sender(ctx, protocol as u8, src, sport, dst, dport, cgroup) {
+        return true;
+    }
+    if protocol as u8 != PROTO_UDP {
+        return false;
+    }
+    let key = PeerKey { cgroup, addr: src.v6(), port: sport, local_port: dport, _pad: [0; 4] };
+    // SAFETY: the value is only read.
+    match unsafe { PEERS.get(&key) } {
+        // SAFETY: a helper without arguments.
+        Some(expires) => (unsafe { bpf_ktime_get_ns() }) < *expires,
+        None => false,
+    }
+}
+
+/// Whether the socket that sent a packet from `src`:`sport` to `dst`:`dport` over loopback is
+/// one the sandbox created: the socket the kernel holds for that exact pair (a connection's, or
+/// for UDP the socket bound there), by its cgroup.
+#[inline(always)]
+fn own_sender(ctx: &SkBuffContext, protocol: u8, src: Ip, sport: u16, dst: Ip, dport: u16, cgroup: u64) -> bool {
+    // The sender's side: a packet to it would come from `dst`:`dport` to `src`:`sport`.
+    let (mut t, size) = tuple(dst, dport, src, sport);
+    let skb: *mut c_void = ctx.skb.skb.cast();
+    // SAFETY: the tuple lives on the stack for the call; the socket returned is released below.
+    let sk = unsafe {
+        if protocol == PROTO_TCP {
+            bpf_sk_lookup_tcp(skb, &mut t, size, CURRENT_NETNS, 0)
+        } else {
+            bpf_sk_lookup_udp(skb, &mut t, size, CURRENT_NETNS, 0)
+        }
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: `sk` is a referenced full socket.
+    let (state, owner) = unsafe { ((*sk).state, bpf_sk_cgroup_id(sk.cast())) };
+    // SAFETY: releases the reference the lookup took.
+    unsafe { bpf_sk_release(sk.cast()) };
+    // A TCP sender is a connection, never a listener (the lookup falls back to listeners).
+    owner == cgroup && !(protocol == PROTO_TCP && state == TCP_LISTEN)
+}
+
+#[cgroup_skb(ingress)]
+pub fn ingress(ctx: SkBuffContext) -> i32 {
+    i32::from(admit(&ctx))
 }
 
 #[cfg(not(test))]

@@ -19,6 +19,7 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum AttachType {
+    Ingress = 0,
     SockCreate = 2,
     Bind4 = 8,
     Bind6 = 9,
