@@ -411,7 +411,11 @@ fn a_peer_connecting_in_is_refused(backend: &str) {
                 !text.contains(" peer") && !text.contains(" host"),
                 "the command received from outside",
             );
-            check(host_state() == before, "the host changed");
+            let after = host_state();
+            check(
+                after == before,
+                &format!("the host changed:\nbefore {before:?}\nafter  {after:?}"),
+            );
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
