@@ -1218,7 +1218,7 @@ fn assert_no_map_entries() {
         "TABLES",
         "CHUNKS4",
         "CHUNKS6",
-        "BOUND",
+        "PEERS",
         "ANSWERED4",
         "ANSWERED6",
     ] {

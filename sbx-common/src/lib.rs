@@ -153,16 +153,34 @@ pub struct Answered {
     pub expires: u64,
 }
 
-/// A port the sandboxed command itself listens on (or bound): loopback connects to it are its
-/// own business.
+/// The value every socket created in a sandbox carries in its own storage (a socket-local
+/// storage map): the id of the sandbox's cgroup. A destination is the command's own when the
+/// socket the kernel would deliver to there carries its sandbox's id: the kernel's own socket
+/// lookup decides, not the addresses and ports the command bound.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BoundKey {
+pub struct SocketOwner {
     pub cgroup: u64,
-    pub port: u16,
-    pub protocol: u8,
-    pub _pad: [u8; 5],
 }
+
+/// A peer an unconnected UDP socket of a sandbox sent a datagram to, keyed with that socket's
+/// local port: datagrams from the peer to that port are replies, which the inbound program
+/// admits until the value (`CLOCK_MONOTONIC` nanoseconds) passes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub cgroup: u64,
+    /// The peer's address; IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).
+    pub addr: [u8; 16],
+    /// The peer's port and the local port, host order.
+    pub port: u16,
+    pub local_port: u16,
+    pub _pad: [u8; 4],
+}
+
+/// How long a peer stays admitted after the last datagram sent to it (conntrack keeps a UDP flow
+/// that has seen replies for 120 s by default; the nftables backend follows conntrack).
+pub const PEER_TTL_NS: u64 = 120 * 1_000_000_000;
 
 /// The hook that refused something.
 pub const HOOK_CONNECT4: u8 = 1;
@@ -170,6 +188,8 @@ pub const HOOK_CONNECT6: u8 = 2;
 pub const HOOK_SENDMSG4: u8 = 3;
 pub const HOOK_SENDMSG6: u8 = 4;
 pub const HOOK_SOCK_CREATE: u8 = 5;
+pub const HOOK_BIND4: u8 = 6;
+pub const HOOK_BIND6: u8 = 7;
 
 /// A refusal, reported to sbx through a ring buffer.
 #[repr(C)]
@@ -200,7 +220,8 @@ mod user {
     unsafe impl aya::Pod for Table {}
     unsafe impl aya::Pod for Chunk4 {}
     unsafe impl aya::Pod for Chunk6 {}
-    unsafe impl aya::Pod for BoundKey {}
+    unsafe impl aya::Pod for SocketOwner {}
+    unsafe impl aya::Pod for PeerKey {}
     unsafe impl aya::Pod for Answered {}
     unsafe impl aya::Pod for DenyEvent {}
 }

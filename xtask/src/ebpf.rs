@@ -35,6 +35,12 @@ fn check_toolchain() -> Result<(), String> {
             "rustup component add rust-src --toolchain nightly",
         ));
     }
+    if !objcopy().exists() {
+        return Err(missing(
+            &format!("{}", objcopy().display()),
+            "apt-get install -y llvm-22 (or set LLVM_PREFIX to the LLVM bpf-linker uses)",
+        ));
+    }
     if Command::new("bpf-linker")
         .arg("--version")
         .output()
@@ -49,6 +55,13 @@ fn check_toolchain() -> Result<(), String> {
     Ok(())
 }
 
+/// LLVM's objcopy, from the LLVM that bpf-linker is built against (`LLVM_PREFIX`, as for
+/// bpf-linker; by default the llvm-22-dev package's).
+fn objcopy() -> std::path::PathBuf {
+    let prefix = std::env::var("LLVM_PREFIX").unwrap_or_else(|_| "/usr/lib/llvm-22".into());
+    Path::new(&prefix).join("bin/llvm-objcopy")
+}
+
 pub fn build(root: &Path, check: bool) -> Result<(), String> {
     check_toolchain()?;
     let crate_dir = root.join("sbx-ebpf");
@@ -59,10 +72,12 @@ pub fn build(root: &Path, check: bool) -> Result<(), String> {
     let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
     let cargo_home = std::env::var("CARGO_HOME")
         .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+    // BTF: the socket-local storage map (`OWNERS`) can only be created with BTF for its key and
+    // value, so the object carries BTF (made from debug information, which is stripped below).
     // Paths of this checkout, the registry and the toolchain would otherwise end up in the
     // object; mapped to fixed names, the bytes are the same wherever it is built.
     let flags = format!(
-        "--remap-path-prefix={}=/ws --remap-path-prefix={cargo_home}/registry/src=/cargo --remap-path-prefix={sysroot}=/rustc",
+        "-C debuginfo=2 -C link-arg=--btf --remap-path-prefix={}=/ws --remap-path-prefix={cargo_home}/registry/src=/cargo --remap-path-prefix={sysroot}=/rustc",
         root.display()
     );
     eprintln!("+ cargo +nightly build (sbx-ebpf, bpfel-unknown-none, release)");
@@ -86,7 +101,18 @@ pub fn build(root: &Path, check: bool) -> Result<(), String> {
         return Err("building the eBPF programs failed".into());
     }
     let built = crate_dir.join("target/bpfel-unknown-none/release/sbx");
-    let bytes = std::fs::read(&built).map_err(|e| format!("{}: {e}", built.display()))?;
+    // The DWARF the BTF was made from is not needed at load time: three quarters of the bytes.
+    let stripped = crate_dir.join("target/bpfel-unknown-none/release/sbx.stripped");
+    let status = Command::new(objcopy())
+        .arg("--strip-debug")
+        .arg(&built)
+        .arg(&stripped)
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", objcopy().display()))?;
+    if !status.success() {
+        return Err("stripping the eBPF object's debug information failed".into());
+    }
+    let bytes = std::fs::read(&stripped).map_err(|e| format!("{}: {e}", stripped.display()))?;
     let object = root.join(OBJECT);
     if check {
         let committed = std::fs::read(&object).map_err(|e| format!("{}: {e}", object.display()))?;

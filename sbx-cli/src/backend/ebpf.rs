@@ -1,5 +1,6 @@
 //! The eBPF backend: the command stays in the host's network stack, in a cgroup of its own, and
-//! cgroup programs judge each connect, unconnected send and socket creation.
+//! cgroup programs judge each connect, unconnected send, bind and socket creation, and every
+//! packet delivered to the command's sockets (inbound).
 //!
 //! Loading the programs (parsing the kernel's BTF, probing features, the verifier) costs about
 //! 0.35 s, so it is done once: programs and maps are pinned in a bpffs sbx mounts at `/run/sbx/bpf`, under a
@@ -17,12 +18,12 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, Map, MapData};
-use aya::programs::{CgroupSock, CgroupSockAddr};
+use aya::programs::{CgroupSkb, CgroupSock, CgroupSockAddr};
 use ipnet::IpNet;
 use sbx_common::{
-    Addr4Key, Addr6Key, Answered, BoundKey, Chunk, Chunk4, Chunk6, ChunkKey, MAX_CHUNKS,
-    MAX_PORT_RANGES, MAX_RULE_SETS, MODE_ALLOWLIST, MODE_NONE, MODE_OPEN, PROTO_ANY, PROTO_TCP,
-    PROTO_UDP, Policy, RuleSet, RuleSets, Table, VERDICT_ALLOW, VERDICT_DENY, VerdictKey,
+    Addr4Key, Addr6Key, Answered, Chunk, Chunk4, Chunk6, ChunkKey, MAX_CHUNKS, MAX_PORT_RANGES,
+    MAX_RULE_SETS, MODE_ALLOWLIST, MODE_NONE, MODE_OPEN, PROTO_ANY, PROTO_TCP, PROTO_UDP, PeerKey,
+    Policy, RuleSet, RuleSets, Table, VERDICT_ALLOW, VERDICT_DENY, VerdictKey,
 };
 
 use super::{Admit, Backend, Denial, Enforced, Placement};
@@ -34,21 +35,21 @@ use crate::sys::{Step, SysError, cgroup};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../ebpf/sbx.bpf.o");
 
-const SOCK_ADDR_PROGRAMS: [(&str, AttachType); 4] = [
+const SOCK_ADDR_PROGRAMS: [(&str, AttachType); 6] = [
     ("connect4", AttachType::Connect4),
     ("connect6", AttachType::Connect6),
     ("sendmsg4", AttachType::SendMsg4),
     ("sendmsg6", AttachType::SendMsg6),
+    ("bind4", AttachType::Bind4),
+    ("bind6", AttachType::Bind6),
 ];
-const SOCK_PROGRAMS: [(&str, AttachType); 3] = [
-    ("sock_create", AttachType::SockCreate),
-    ("post_bind4", AttachType::PostBind4),
-    ("post_bind6", AttachType::PostBind6),
-];
+const SOCK_PROGRAMS: [(&str, AttachType); 1] = [("sock_create", AttachType::SockCreate)];
+const SKB_PROGRAMS: [(&str, AttachType); 1] = [("ingress", AttachType::Ingress)];
 /// How many programs sbx pins.
-pub const PROGRAMS: usize = SOCK_ADDR_PROGRAMS.len() + SOCK_PROGRAMS.len();
-/// The maps sbx pins, each of a fixed maximum size.
-pub const MAPS: [&str; 13] = [
+pub const PROGRAMS: usize = SOCK_ADDR_PROGRAMS.len() + SOCK_PROGRAMS.len() + SKB_PROGRAMS.len();
+/// The maps sbx pins, each of a fixed maximum size (`OWNERS` is socket-local storage: its
+/// entries live and die with the sockets of sandboxes).
+pub const MAPS: [&str; 14] = [
     "ANSWERED4",
     "ANSWERED6",
     "POLICIES",
@@ -60,7 +61,8 @@ pub const MAPS: [&str; 13] = [
     "TABLES",
     "CHUNKS4",
     "CHUNKS6",
-    "BOUND",
+    "PEERS",
+    "OWNERS",
     "EVENTS",
 ];
 
@@ -124,7 +126,7 @@ fn ensure_loaded() -> Result<(), SysError> {
         .step(|| format!("mount a bpf file system on {}", dir.display()))?;
     }
     let pins = pins();
-    if pins.join("prog_post_bind6").exists() {
+    if pins.join("prog_ingress").exists() {
         return Ok(());
     }
     std::fs::create_dir_all(&pins).step(|| format!("create {}", pins.display()))?;
@@ -151,6 +153,7 @@ fn ensure_loaded() -> Result<(), SysError> {
     }
     load_and_pin!(CgroupSockAddr, SOCK_ADDR_PROGRAMS);
     load_and_pin!(CgroupSock, SOCK_PROGRAMS);
+    load_and_pin!(CgroupSkb, SKB_PROGRAMS);
     for name in MAPS {
         ebpf.map(name)
             .ok_or_else(|| SysError::new(format!("find map {name}"), "missing from the object"))?
@@ -192,7 +195,7 @@ struct Maps {
     tables: BpfHashMap<MapData, VerdictKey, Table>,
     chunks4: BpfHashMap<MapData, ChunkKey, Chunk4>,
     chunks6: BpfHashMap<MapData, ChunkKey, Chunk6>,
-    bound: BpfHashMap<MapData, BoundKey, u8>,
+    peers: BpfHashMap<MapData, PeerKey, u64>,
     answered4: BpfHashMap<MapData, Addr4Key, Answered>,
     answered6: BpfHashMap<MapData, Addr6Key, Answered>,
     /// The keys admitted through this handle (a sandbox's own), so that teardown removes them
@@ -234,7 +237,7 @@ impl Maps {
             tables: typed("TABLES")?,
             chunks4: typed("CHUNKS4")?,
             chunks6: typed("CHUNKS6")?,
-            bound: typed("BOUND")?,
+            peers: typed("PEERS")?,
             answered4: typed("ANSWERED4")?,
             answered6: typed("ANSWERED6")?,
             admitted4: Default::default(),
@@ -256,8 +259,8 @@ impl Maps {
         let _ = batch::delete(self.tables.map(), &written.tables);
         let _ = batch::delete(self.chunks4.map(), &written.chunks4);
         let _ = batch::delete(self.chunks6.map(), &written.chunks6);
-        // The command's own listeners: few, and not known in advance.
-        remove_where!(self.bound, BoundKey, |k: &BoundKey| k.cgroup == cgroup);
+        // The peers its UDP sockets sent to: written by the programs, not known in advance.
+        remove_where!(self.peers, PeerKey, |k: &PeerKey| k.cgroup == cgroup);
         // What the DNS gate admitted.
         for key in std::mem::take(&mut self.admitted4) {
             let _ = self.answered4.remove(&key);
@@ -287,7 +290,7 @@ impl Maps {
         remove_where!(self.tables, VerdictKey, |k: &VerdictKey| dead(k.cgroup));
         remove_where!(self.chunks4, ChunkKey, |k: &ChunkKey| dead(k.cgroup));
         remove_where!(self.chunks6, ChunkKey, |k: &ChunkKey| dead(k.cgroup));
-        remove_where!(self.bound, BoundKey, |k: &BoundKey| dead(k.cgroup));
+        remove_where!(self.peers, PeerKey, |k: &PeerKey| dead(k.cgroup));
         remove_where!(self.answered4, Addr4Key, |k: &Addr4Key| dead(k.cgroup));
         remove_where!(self.answered6, Addr6Key, |k: &Addr6Key| dead(k.cgroup));
         // Last, as in teardown: a policy entry is what tells that a sandbox left something.
@@ -518,7 +521,7 @@ impl Backend for Ebpf {
     fn describe(&self, plan: &Plan) -> String {
         format!(
             "a cgroup of its own under {}/sbx, with sbx's programs on connect4/6, sendmsg4/6, \
-             sock_create and post_bind4/6 (pinned in {}), and this policy in their maps:\n\
+             bind4/6, sock_create and ingress (pinned in {}), and this policy in their maps:\n\
              mode {}, {} allow and {} deny rule sets\n",
             cgroup2_mount()
                 .map(|p| p.display().to_string())
@@ -621,6 +624,7 @@ fn attach(cgroup: &Path) -> Result<Vec<OwnedFd>, SysError> {
     SOCK_ADDR_PROGRAMS
         .iter()
         .chain(&SOCK_PROGRAMS)
+        .chain(&SKB_PROGRAMS)
         .map(|&(name, hook)| {
             let program = bpf::obj_get(&pins().join(format!("prog_{name}")))
                 .step(|| format!("open pinned program {name}"))?;
@@ -807,6 +811,8 @@ impl Enforced for Live {
                         sbx_common::HOOK_CONNECT6 => "connect6",
                         sbx_common::HOOK_SENDMSG4 => "sendmsg4",
                         sbx_common::HOOK_SENDMSG6 => "sendmsg6",
+                        sbx_common::HOOK_BIND4 => "bind4",
+                        sbx_common::HOOK_BIND6 => "bind6",
                         _ => "sock_create",
                     },
                 }
@@ -1142,7 +1148,7 @@ pub fn pinned_entries() -> Vec<(&'static str, usize)> {
         ("TABLES", maps.tables.keys().count()),
         ("CHUNKS4", maps.chunks4.keys().count()),
         ("CHUNKS6", maps.chunks6.keys().count()),
-        ("BOUND", maps.bound.keys().count()),
+        ("PEERS", maps.peers.keys().count()),
         ("ANSWERED4", maps.answered4.keys().count()),
         ("ANSWERED6", maps.answered6.keys().count()),
     ]

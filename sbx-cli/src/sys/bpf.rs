@@ -19,11 +19,12 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum AttachType {
+    Ingress = 0,
     SockCreate = 2,
+    Bind4 = 8,
+    Bind6 = 9,
     Connect4 = 10,
     Connect6 = 11,
-    PostBind4 = 12,
-    PostBind6 = 13,
     SendMsg4 = 14,
     SendMsg6 = 15,
 }

@@ -113,7 +113,20 @@ impl DnsServer {
     /// Every answer leaves `delay` after its query arrived; queries are not serialised, so
     /// thousands can wait at once, as with a slow upstream.
     pub fn start_with_delay(zone: Zone, delay: Duration) -> DnsServer {
-        let (udp, tcp) = bind_pair();
+        DnsServer::serve(zone, delay, bind_pair())
+    }
+
+    /// As `start`, on a given address (UDP and TCP), say a host's resolver on 127.0.0.1:53.
+    pub fn start_at(zone: Zone, at: SocketAddr) -> DnsServer {
+        let udp = UdpSocket::bind(at).unwrap();
+        let tcp = TcpListener::bind(at).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        DnsServer::serve(zone, Duration::ZERO, (udp, tcp))
+    }
+
+    fn serve(zone: Zone, delay: Duration, (udp, tcp): (UdpSocket, TcpListener)) -> DnsServer {
         let addr = udp.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(Vec::new()));
