@@ -20,7 +20,7 @@ use core::ffi::c_void;
 use core::ptr;
 
 use aya_ebpf::bindings::{
-    BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+    BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_sock_addr, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
     bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
 };
 use aya_ebpf::btf_maps::SkStorage;
@@ -338,13 +338,49 @@ fn owners() -> *mut c_void {
 /// The socket the kernel would give a new TCP connection or a UDP datagram for `dst`:`port`:
 /// `None` when there is none, else the cgroup id of the sandbox that created it (0 for any other
 /// socket). Looked up as the receive path does (listeners and wildcard binds by how specific
-/// they are), from a program of a connect, send or bind hook (`ctx`). Not inlined: its stack
-/// frame is its own, so that the paths through it meet again in the same state, and the
-/// verifier checks what follows once instead of once per path (a first load of the programs
-/// took 2.9 s instead of 1.75 s inlined).
+/// they are), from a program of a connect, send or bind hook (`ctx`).
+#[inline(always)]
+fn receiver_owner(ctx: *mut bpf_sock_addr, protocol: u8, dst: Ip, port: u16) -> Option<u64> {
+    let (family, high, low) = match dst {
+        Ip::V4(a) => (0, 0, u64::from(u32::from_ne_bytes(a))),
+        Ip::V6(a) => {
+            let (h, l) = a.split_at(8);
+            (1, u64::from_ne_bytes(h.try_into().unwrap_or_default()), u64::from_ne_bytes(l.try_into().unwrap_or_default()))
+        }
+    };
+    let what = u32::from(protocol) | u32::from(port) << 8 | family << 24;
+    match sbx_receiver_owner(ctx, what, high, low) {
+        NO_RECEIVER => None,
+        id => Some(id),
+    }
+}
+
+/// `sbx_receiver_owner`'s answer when no socket would receive. No cgroup has this id.
+const NO_RECEIVER: u64 = u64::MAX;
+
+/// `receiver_owner`, as a function of its own, global and so verified once, on its own, instead
+/// of once per path through every caller (a first load of the programs took 2.9 s with it
+/// inlined). Hence its shape: a global function takes the context and plain numbers only, and a
+/// fixed name keeps the object the same wherever it is built (a mangled name carries a hash of
+/// the checkout's path). `what` is the protocol, the port (host order) shifted by 8 and the
+/// family (1 for IPv6) by 24; the address is `high` and `low` as the bytes of an IPv6 address
+/// would be read into two words, or an IPv4 address in `low`.
 #[inline(never)]
-fn receiver_owner(ctx: *mut c_void, protocol: u8, dst: Ip, port: u16) -> Option<u64> {
+#[unsafe(no_mangle)]
+fn sbx_receiver_owner(ctx: *mut bpf_sock_addr, what: u32, high: u64, low: u64) -> u64 {
+    let protocol = what as u8;
+    let port = (what >> 8) as u16;
+    let dst = if what >> 24 == 1 {
+        let (h, l) = (high.to_ne_bytes(), low.to_ne_bytes());
+        let mut a = [0u8; 16];
+        a[..8].copy_from_slice(&h);
+        a[8..].copy_from_slice(&l);
+        Ip::V6(a)
+    } else {
+        Ip::V4((low as u32).to_ne_bytes())
+    };
     let (mut t, size) = tuple(Ip::V4([0; 4]), 0, dst, port);
+    let ctx = ctx.cast::<c_void>();
     // SAFETY: the tuple lives on the stack for the call; the socket returned is released below.
     let sk = unsafe {
         match protocol {
@@ -354,14 +390,14 @@ fn receiver_owner(ctx: *mut c_void, protocol: u8, dst: Ip, port: u16) -> Option<
         }
     };
     if sk.is_null() {
-        return None;
+        return NO_RECEIVER;
     }
     // SAFETY: `sk` is a referenced socket; the storage is only read.
     let owner = unsafe { bpf_sk_storage_get(owners(), sk.cast(), ptr::null_mut(), 0) }.cast::<SocketOwner>();
     let id = if owner.is_null() { 0 } else { unsafe { (*owner).cgroup } };
     // SAFETY: releases the reference the lookup took.
     unsafe { bpf_sk_release(sk.cast()) };
-    Some(id)
+    id
 }
 
 /// What becomes of a connect or send.
@@ -375,7 +411,7 @@ enum Outcome {
 
 /// The verdict for a destination (an unspecified address already made loopback).
 #[inline(always)]
-fn verdict(ctx: *mut c_void, policy: &Policy, cgroup: u64, addr: Ip, protocol: u8, port: u16) -> Outcome {
+fn verdict(ctx: *mut bpf_sock_addr, policy: &Policy, cgroup: u64, addr: Ip, protocol: u8, port: u16) -> Outcome {
     let loopback = addr.loopback();
     // Only the command's own sockets: the kernel's lookup finds the socket a connection to this
     // destination would reach, and it must be one the sandbox created.
@@ -462,7 +498,7 @@ fn judge4(ctx: &SockAddrContext, hook: u8) -> i32 {
     }
     let port = u16::from_be(sa.user_port as u16);
     let protocol = sa.protocol as u8;
-    let (addr, port) = match verdict(ctx.sock_addr.cast(), policy, cgroup, Ip::V4(addr4), protocol, port) {
+    let (addr, port) = match verdict(ctx.sock_addr, policy, cgroup, Ip::V4(addr4), protocol, port) {
         Outcome::Deny => {
             report(cgroup, hook, mapped(addr4), protocol, port);
             return DENY;
@@ -515,7 +551,7 @@ fn judge6(ctx: &SockAddrContext, hook: u8) -> i32 {
         sa.user_ip6[3] = u32::from_ne_bytes([127, 0, 0, 1]);
     }
     let judged = if is_mapped { Ip::V4([addr[12], addr[13], addr[14], addr[15]]) } else { Ip::V6(addr) };
-    let (addr, port) = match verdict(ctx.sock_addr.cast(), policy, cgroup, judged, protocol, port) {
+    let (addr, port) = match verdict(ctx.sock_addr, policy, cgroup, judged, protocol, port) {
         Outcome::Deny => {
             report(cgroup, hook, addr, protocol, port);
             return DENY;
@@ -567,7 +603,7 @@ fn judge_bind(ctx: &SockAddrContext, addr: Ip, hook: u8) -> i32 {
         return ALLOW; // the kernel picks a free port
     }
     let cgroup = cgroup();
-    match receiver_owner(ctx.sock_addr.cast(), protocol, addr, port) {
+    match receiver_owner(ctx.sock_addr, protocol, addr, port) {
         Some(owner) if owner != cgroup => {
             report(cgroup, hook, addr.v6(), protocol, port);
             DENY
