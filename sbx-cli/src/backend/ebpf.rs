@@ -106,7 +106,8 @@ fn sandbox_cgroup(slot: u32) -> Result<PathBuf, SysError> {
     Ok(cgroup2_mount()?.join("sbx").join(slot.to_string()))
 }
 
-fn is_bpffs(path: &Path) -> bool {
+/// Whether a bpf file system is mounted at `path` (one statfs, no mount table to read).
+pub fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
         .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
 }

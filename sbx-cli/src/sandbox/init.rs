@@ -260,7 +260,7 @@ fn set_up_mounts(resolv_conf: Option<&Path>) -> Result<(), SysError> {
     // first (hidden under a tmpfs it would still be in the namespace), then the directory.
     let state = Path::new(STATE_DIR);
     let bpf = crate::backend::ebpf::bpf_dir();
-    if mount::mounts()?.iter().any(|m| Path::new(&m.path) == bpf) {
+    if crate::backend::ebpf::is_bpffs(&bpf) {
         mount::detach(&bpf)?;
     }
     if state.is_dir() {

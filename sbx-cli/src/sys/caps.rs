@@ -27,17 +27,93 @@ pub const KEEP: &[Capability] = &[
 /// included, so that no exec (setuid-root binaries included) brings one back.
 pub fn drop_all_but_keep() -> Result<(), SysError> {
     let keep: CapsHashSet = KEEP.iter().copied().collect();
-    for cap in caps::all() {
-        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, cap)
-                .step(|| format!("drop {cap} from the bounding set"))?;
-        }
-    }
+    drop_bounding(|cap| !keep.contains(&cap))?;
     caps::clear(None, CapSet::Ambient).step(|| "clear ambient capabilities".into())?;
-    for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
-        let mut current = caps::read(None, set).step(|| format!("read {set:?} capabilities"))?;
-        current.retain(|c| keep.contains(c));
-        caps::set(None, set, &current).step(|| format!("set {set:?} capabilities"))?;
+    // One capget and one capset for the three sets (the crate reads and writes all three for
+    // each set it changes). Each set keeps what it has of `KEEP`.
+    let keep_mask = KEEP.iter().fold(0u64, |m, c| m | c.bitmask());
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(), CapData::default()];
+    // SAFETY: `header` and `data` are live for the calls and of the layout capget(2) and
+    // capset(2) take for version 3 (two data structs, the low and the high 32 capabilities).
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            std::ptr::from_mut(&mut header),
+            data.as_mut_ptr(),
+        )
+    };
+    if result != 0 {
+        return Err(SysError::new(
+            "read the capabilities (capget)",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    for (half, d) in data.iter_mut().enumerate() {
+        let keep = (keep_mask >> (32 * half)) as u32;
+        d.effective &= keep;
+        d.permitted &= keep;
+        d.inheritable &= keep;
+    }
+    // SAFETY: as above.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            std::ptr::from_mut(&mut header),
+            data.as_ptr(),
+        )
+    };
+    if result != 0 {
+        return Err(SysError::new(
+            "set the kept capabilities (capset)",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Drops from the bounding set each capability `doomed` picks (dropping one the set lacks is a
+/// no-op for the kernel, so none is read first).
+fn drop_bounding(doomed: impl Fn(Capability) -> bool) -> Result<(), SysError> {
+    for cap in caps::all() {
+        if doomed(cap) {
+            // SAFETY: PR_CAPBSET_DROP takes a capability number and touches no memory.
+            let result = unsafe {
+                libc::prctl(
+                    libc::PR_CAPBSET_DROP,
+                    libc::c_ulong::from(cap.index()),
+                    0,
+                    0,
+                    0,
+                )
+            };
+            // EINVAL: a capability this kernel does not know.
+            if result != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+                return Err(SysError::new(
+                    format!("drop {cap} from the bounding set"),
+                    std::io::Error::last_os_error(),
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -45,13 +121,7 @@ pub fn drop_all_but_keep() -> Result<(), SysError> {
 /// Drops the whole bounding set: for a command that runs as an ordinary user, no exec may gain
 /// any capability.
 pub fn drop_bounding_set() -> Result<(), SysError> {
-    for cap in caps::all() {
-        if caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, cap)
-                .step(|| format!("drop {cap} from the bounding set"))?;
-        }
-    }
-    Ok(())
+    drop_bounding(|_| true)
 }
 
 /// Whether this process can set up sandboxes: the capabilities sbx itself needs.
