@@ -35,6 +35,10 @@ const AUDIT_ARCH: u32 = 0xc000_00b7;
 #[cfg(target_arch = "x86_64")]
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
+/// open_tree_attr(2), Linux 6.15: `open_tree` with mount attributes (one number on every
+/// architecture; not in the libc crate yet).
+const SYS_OPEN_TREE_ATTR: libc::c_long = 467;
+
 /// Refused with EPERM.
 const DENIED: &[libc::c_long] = &[
     libc::SYS_setns,
@@ -48,6 +52,7 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_move_mount,
     libc::SYS_open_tree,
     libc::SYS_mount_setattr,
+    SYS_OPEN_TREE_ATTR,
     libc::SYS_bpf,
     libc::SYS_kexec_load,
     libc::SYS_kexec_file_load,
