@@ -98,7 +98,7 @@ pub fn report(
     Ok(outcome)
 }
 
-fn plural(n: usize, word: &str) -> String {
+pub fn plural(n: usize, word: &str) -> String {
     if n == 1 {
         format!("1 {word}")
     } else {

@@ -161,7 +161,8 @@ enum Command {
             SYS_ADMIN, BPF, NET_RAW, SYS_MODULE, SYS_PTRACE, …) and with no_new_privs. The \
             command cannot outlive sbx: if sbx dies, so does everything it started.\n\n\
             Exit status: the command's; 1 when the policy or a name fails, or sbx refuses to \
-            run it; 125 when sbx cannot set up the sandbox; 127 when the command is not found.",
+            run it; 125 when sbx cannot set up the sandbox; 126 when the command is not executable, \
+            127 when it is not found.",
         after_help = "Examples:\n  sudo sbx apply policies/rust-build.yaml -- cargo build\n  sudo sbx apply policies/deny-all.yaml -- bash\n  sbx apply --dry-run policies/github.yaml"
     )]
     Apply {
@@ -262,9 +263,28 @@ fn keep_freed_memory() {
     }
 }
 
+/// Exits with clap's message for a command line it cannot parse, and the hint that most such
+/// lines of `sbx apply` need: the command goes after `--`.
+fn usage_error(e: clap::Error) -> ! {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let apply = args.iter().skip(1).any(|a| a == "apply");
+    if apply
+        && e.kind() == clap::error::ErrorKind::UnknownArgument
+        && !args.iter().any(|a| a == "--")
+    {
+        let _ = e.print();
+        eprintln!(
+            "\nhint: put the command after `--`, so that its arguments are not taken for sbx's:\n      \
+             sbx apply POLICY -- CMD [ARGS]..."
+        );
+        std::process::exit(2);
+    }
+    e.exit()
+}
+
 pub fn main() -> ExitCode {
     keep_freed_memory();
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
     let color = match cli.color {
         Color::Auto if io::IsTerminal::is_terminal(&io::stderr()) => ColorChoice::Auto,
         Color::Auto | Color::Never => ColorChoice::Never,
@@ -362,6 +382,22 @@ fn drop_in_background<T: Send + 'static>(value: T) {
 
 /// Loads, composes and plans a policy, reporting every problem on stderr. `None` when it fails.
 #[allow(clippy::type_complexity)]
+/// The last line when a policy gives no plan, as `sbx check` ends with its counts.
+fn no_plan_summary(
+    stderr: &mut StandardStream,
+    path: &std::path::Path,
+    diagnostics: &[Diagnostic],
+) -> io::Result<()> {
+    let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+    writeln!(
+        stderr,
+        "no plan for {}: {}, {}",
+        path.display(),
+        check::plural(errors, "error"),
+        check::plural(diagnostics.len() - errors, "warning")
+    )
+}
+
 fn load_plan(
     path: &std::path::Path,
     stderr: &mut StandardStream,
@@ -371,6 +407,7 @@ fn load_plan(
     let mut diagnostics: Vec<Diagnostic> = loader.diagnostics().to_vec();
     let Some(policy) = policy else {
         diag::render_human(stderr, &loader.sources, &diagnostics)?;
+        no_plan_summary(stderr, path, &diagnostics)?;
         return Ok(None);
     };
     let resolver = match resolve::Resolver::new(&policy.dns) {
@@ -387,6 +424,7 @@ fn load_plan(
     diagnostics.extend(problems);
     diag::render_human(stderr, &loader.sources, &diagnostics)?;
     let Some(mut built) = built else {
+        no_plan_summary(stderr, path, &diagnostics)?;
         return Ok(None);
     };
     built.warnings = diagnostics
@@ -436,6 +474,7 @@ fn apply(
             writeln!(stderr, "error: {e}")?;
             Ok(ExitCode::from(match e {
                 sandbox::ApplyError::Refused(_) => 1,
+                sandbox::ApplyError::CannotRun { status, .. } => status,
                 sandbox::ApplyError::System(_) => 125,
             }))
         }

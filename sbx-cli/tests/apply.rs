@@ -646,10 +646,31 @@ fn bad_input_fails_clearly_and_leaves_the_host_unchanged() {
         .args(["--", "no-such-program-sbx"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(127));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         "error: `no-such-program-sbx`: command not found in PATH\n"
+    );
+    let out = sbx()
+        .arg("apply")
+        .arg(policy)
+        .args(["--", "/nonexistent/program"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    // A file that is not executable: what a shell answers, 126.
+    let script = dir.write("not-executable.sh", "#!/bin/sh\ntrue\n");
+    let out = sbx()
+        .arg("apply")
+        .arg(policy)
+        .arg("--")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not executable"),
+        "{out:?}"
     );
 
     let unreadable = dir.write("secret.yaml", "version: 1\nnetwork: {mode: none}\n");

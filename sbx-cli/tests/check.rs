@@ -227,3 +227,25 @@ fn help_reads_like_documentation() {
         "{help}"
     );
 }
+
+/// A command given without `--` is the likeliest mistake on `sbx apply`'s command line: the
+/// error says how to write it.
+#[test]
+fn apply_without_the_double_dash_says_where_the_command_goes() {
+    let dir = Dir::new();
+    let policy = dir.write("p.yaml", "version: 1\nnetwork: {mode: none}\n");
+    let out = sbx(
+        &[
+            "apply",
+            policy.to_str().unwrap(),
+            "curl",
+            "-s",
+            "http://example.com/",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("unexpected argument"), "{text}");
+    assert!(text.contains("sbx apply POLICY -- CMD [ARGS]..."), "{text}");
+}

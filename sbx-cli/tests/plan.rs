@@ -342,3 +342,22 @@ fn a_zone_with_thousands_of_names_resolves_in_one_plan() {
     );
     assert_eq!(plan["resolved"].as_array().unwrap().len(), NAMES);
 }
+
+/// A policy that gives no plan ends with a count, as `sbx check` does, whether it failed to
+/// load or to resolve.
+#[test]
+fn no_plan_ends_with_a_summary_line() {
+    let dir = Dir::new();
+    dir.write(
+        "p.yaml",
+        "version: 1\nnetwork:\n  mode: allowlist\n  allow: [\"bad entry!\"]\n",
+    );
+    let out = sbx(&["plan", "p.yaml"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        stderr.lines().last(),
+        Some("no plan for p.yaml: 1 error, 0 warnings"),
+        "{stderr}"
+    );
+}

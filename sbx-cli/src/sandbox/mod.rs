@@ -59,13 +59,19 @@ pub struct Options {
 pub enum ApplyError {
     /// Something the user can fix: the message says how.
     Refused(String),
+    /// The command cannot be run: not found (exit status 127) or not executable (126), as a
+    /// shell reports it.
+    CannotRun {
+        why: String,
+        status: u8,
+    },
     System(SysError),
 }
 
 impl fmt::Display for ApplyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ApplyError::Refused(why) => f.write_str(why),
+            ApplyError::Refused(why) | ApplyError::CannotRun { why, .. } => f.write_str(why),
             ApplyError::System(e) => write!(f, "{e}"),
         }
     }
@@ -485,26 +491,45 @@ fn check_privileges() -> Result<(), ApplyError> {
 }
 
 fn find_program(program: &OsString) -> Result<(), ApplyError> {
+    use std::os::unix::fs::PermissionsExt as _;
     let name = Path::new(program);
-    let found = if name.components().count() > 1 {
-        name.is_file()
+    let has_path = name.components().count() > 1;
+    let candidates: Vec<PathBuf> = if has_path {
+        vec![name.to_path_buf()]
     } else {
         std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
+            .map(|path| {
+                std::env::split_paths(&path)
+                    .map(|dir| dir.join(name))
+                    .collect()
+            })
+            .unwrap_or_default()
     };
-    if found {
-        Ok(())
-    } else {
-        Err(ApplyError::Refused(format!(
-            "`{}`: command not found{}",
-            name.display(),
-            if name.components().count() > 1 {
-                ""
-            } else {
-                " in PATH"
-            }
-        )))
+    let files: Vec<std::fs::Metadata> = candidates
+        .iter()
+        .filter_map(|c| std::fs::metadata(c).ok())
+        .filter(std::fs::Metadata::is_file)
+        .collect();
+    if files.iter().any(|m| m.permissions().mode() & 0o111 != 0) {
+        return Ok(());
     }
+    let (why, status) = if files.is_empty() {
+        let place = if has_path { "" } else { " in PATH" };
+        (
+            format!("`{}`: command not found{place}", name.display()),
+            127,
+        )
+    } else {
+        (
+            format!(
+                "`{}`: not executable (no execute permission); `chmod +x` it, or run it \
+                 through its interpreter",
+                name.display()
+            ),
+            126,
+        )
+    };
+    Err(ApplyError::CannotRun { why, status })
 }
 
 /// Who the command runs as: `--user`, else the user who ran sudo, else root without the
