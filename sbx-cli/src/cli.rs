@@ -152,10 +152,14 @@ enum Command {
             interactive shell), its environment and working directory. sbx's exit status is the \
             command's; a command killed by signal N gives 128+N. SIGINT, SIGTERM, SIGHUP and \
             SIGQUIT sent to sbx are passed to the command.\n\n\
-            The nftables backend gives the command a network namespace of its own, linked to \
-            the host by a veth pair with NAT; the rules live in an nftables table on the host \
-            side, where the command cannot reach them. In allowlist mode the command's DNS goes \
-            to sbx's own DNS service, which answers only the names the policy allows.\n\n\
+            Two backends enforce the same policy with the same verdicts (--backend; `auto`, the \
+            default, takes eBPF where `sbx doctor` finds it usable, else nftables). eBPF: the \
+            command stays in the host's network stack, in a cgroup of its own, where sbx's \
+            programs judge every connect, send, bind and socket, and every packet coming in. \
+            nftables: the command gets a network namespace of its own, linked to the host by a \
+            veth pair with NAT; the rules live in an nftables table on the host side, where the \
+            command cannot reach them. In allowlist mode the command's DNS goes to sbx's own DNS \
+            service, which answers only the names the policy allows.\n\n\
             sbx needs root. The command runs as the user who ran sudo (SUDO_UID), as --user, \
             or else as root without the capabilities that could undo the sandbox (NET_ADMIN, \
             SYS_ADMIN, BPF, NET_RAW, SYS_MODULE, SYS_PTRACE, …) and with no_new_privs. The \
@@ -178,13 +182,15 @@ enum Command {
         #[arg(long, value_name = "USER")]
         user: Option<String>,
 
-        /// Print what would be applied (nftables ruleset, addresses, namespace) and change
+        /// Print the backend `--backend` picks and what it would apply (eBPF: the programs and
+        /// the policy's map entries; nftables: the namespace, addresses and ruleset), and change
         /// nothing.
         #[arg(long)]
         dry_run: bool,
 
         /// Write every denial (pid, command, destination, port, protocol, hook) to FILE as JSON
-        /// lines. FILE is opened before the command starts (under sudo with the sudo user's
+        /// lines, on both backends (eBPF: what its programs refused; nftables: the packets its
+        /// rules dropped; and the names sbx's DNS service refused). FILE is opened before the command starts (under sudo with the sudo user's
         /// rights), never through a symbolic link.
         #[arg(long, value_name = "FILE")]
         events: Option<PathBuf>,

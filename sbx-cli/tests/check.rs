@@ -249,3 +249,22 @@ fn apply_without_the_double_dash_says_where_the_command_goes() {
     assert!(text.contains("unexpected argument"), "{text}");
     assert!(text.contains("sbx apply POLICY -- CMD [ARGS]..."), "{text}");
 }
+
+/// `apply --help` speaks of both backends: `auto` picks either, and `--events` works on both.
+#[test]
+fn apply_help_names_both_backends() {
+    let out = sbx(&["apply", "--help"], std::path::Path::new("."));
+    let help = String::from_utf8(out.stdout).unwrap();
+    let events = help
+        .split("--events")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .unwrap_or_default();
+    assert!(
+        events.contains("eBPF") && events.contains("nftables"),
+        "--events help: {events}"
+    );
+    let words = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(words.contains("`auto`, the default"), "{help}");
+}
+

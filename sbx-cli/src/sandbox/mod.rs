@@ -483,7 +483,8 @@ fn check_privileges() -> Result<(), ApplyError> {
     }
     let names: Vec<String> = missing.iter().map(|c| c.to_string()).collect();
     Err(ApplyError::Refused(format!(
-        "sbx needs root to create network namespaces and firewall rules (missing {}): run it \
+        "sbx needs root to build sandboxes (cgroups and eBPF programs, or network namespaces \
+         and nftables rules; missing {}): run it \
          as root or with sudo; the command itself runs as the invoking user under sudo, or as \
          --user",
         names.join(", ")
