@@ -154,22 +154,37 @@ pub fn report() -> (String, bool) {
         }
     );
     let _ = writeln!(out, "\nstate on this host (all under {STATE_DIR}):");
-    let slots = std::fs::read_dir(Path::new(STATE_DIR).join("slots"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    let _ = writeln!(
-        out,
-        "  sandbox slots: {slots} (live or left by a dead sbx; `sbx gc` removes the dead)"
-    );
+    // Unreadable (sbx's state is root's): say so rather than report an empty host.
+    let unreadable = |path: &Path, e: &std::io::Error| {
+        format!(
+            "cannot tell ({} is not readable: {}; run `sudo sbx doctor`)",
+            path.display(),
+            e.kind()
+        )
+    };
+    let slots_dir = Path::new(STATE_DIR).join("slots");
+    let counted = |n: usize| format!("{n} (live or left by a dead sbx; `sbx gc` removes the dead)");
+    let slots = match std::fs::read_dir(&slots_dir) {
+        Ok(d) => counted(d.count()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => counted(0),
+        Err(e) => unreadable(&slots_dir, &e),
+    };
+    let _ = writeln!(out, "  sandbox slots: {slots}");
     let pins = ebpf::bpf_dir();
-    let pinned: Vec<String> = std::fs::read_dir(&pins)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten())
-                .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let listed = std::fs::read_dir(&pins).map(|d| {
+        d.filter_map(|e| e.ok())
+            .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten())
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Vec<String>>()
+    });
+    let pinned = match listed {
+        Ok(pinned) => pinned,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            let _ = writeln!(out, "  eBPF programs and maps: {}", unreadable(&pins, &e));
+            return (out, ebpf_ok || nft_ok);
+        }
+    };
     if pinned.is_empty() {
         let _ = writeln!(out, "  eBPF programs and maps: none pinned");
     } else {

@@ -718,6 +718,31 @@ fn apply_as_nobody(policy: &std::path::Path) -> std::process::Output {
         .unwrap()
 }
 
+/// An ordinary user cannot read sbx's state (root's, 0700): `sbx doctor` says it cannot tell
+/// instead of reporting an empty host.
+#[test]
+fn doctor_as_an_ordinary_user_says_what_it_cannot_see() {
+    let _guard = exclusive();
+    let NoNetwork { policy, .. } = &no_network();
+    // Leaves sbx's state directory in place, as any run does.
+    let out = sbx()
+        .arg("apply")
+        .arg(policy)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args([env!("CARGO_BIN_EXE_sbx"), "doctor"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("sandbox slots: cannot tell"), "{text}");
+    assert!(text.contains("run `sudo sbx doctor`"), "{text}");
+    assert!(!text.contains("none pinned"), "{text}");
+}
+
 #[test]
 fn dry_run_prints_the_ruleset_and_touches_nothing() {
     let _guard = exclusive();

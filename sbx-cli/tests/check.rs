@@ -267,4 +267,3 @@ fn apply_help_names_both_backends() {
     let words = help.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(words.contains("`auto`, the default"), "{help}");
 }
-
