@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use termcolor::{ColorChoice, StandardStream};
 
 use crate::check;
@@ -255,6 +255,29 @@ enum Command {
         line. The repository keeps a copy at policies/schema.json."
     )]
     Schema,
+
+    /// Print a shell completion script.
+    #[command(long_about = "Print the completion script for SHELL on stdout.\n\n\
+        bash: `sbx completions bash > ~/.local/share/bash-completion/completions/sbx` \
+        (or `source <(sbx completions bash)` in ~/.bashrc).\n\
+        zsh: `sbx completions zsh > ~/.zfunc/_sbx`, with ~/.zfunc in $fpath.\n\
+        fish: `sbx completions fish > ~/.config/fish/completions/sbx.fish`.")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Write the manual pages: sbx(1) and one per subcommand.
+    #[command(
+        long_about = "Write the manual pages, in roff: sbx(1) and sbx-SUBCOMMAND(1) for each \
+        subcommand, into DIR (created if missing). Read one with `man DIR/sbx-apply.1`, or \
+        install them under a man1 directory of MANPATH."
+    )]
+    Man {
+        /// Where to write the pages.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// glibc hands large freed blocks back to the kernel at once, and the next allocation faults
@@ -359,6 +382,11 @@ pub fn main() -> ExitCode {
                 command,
             })
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "sbx", &mut io::stdout().lock());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => man_pages(&dir).map(|()| ExitCode::SUCCESS),
         Command::Schema => {
             let schema = crate::policy::schema::schema();
             let mut out = io::stdout().lock();
@@ -485,6 +513,27 @@ fn apply(
             }))
         }
     }
+}
+
+/// sbx(1) and sbx-SUBCOMMAND(1) for each visible subcommand, into `dir`.
+fn man_pages(dir: &std::path::Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let command = Cli::command().name("sbx");
+    let write = |name: &str, page: clap::Command| -> io::Result<()> {
+        let mut roff = Vec::new();
+        clap_mangen::Man::new(page).render(&mut roff)?;
+        std::fs::write(dir.join(format!("{name}.1")), roff)
+    };
+    write("sbx", command.clone())?;
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("sbx-{}", sub.get_name());
+        let page = sub
+            .clone()
+            .name(name.clone())
+            .bin_name(format!("sbx {}", sub.get_name()));
+        write(&name, page)?;
+    }
+    Ok(())
 }
 
 fn gc(all: bool, stderr: &mut StandardStream) -> io::Result<ExitCode> {

@@ -267,3 +267,43 @@ fn apply_help_names_both_backends() {
     let words = help.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(words.contains("`auto`, the default"), "{help}");
 }
+
+/// `sbx completions bash`, sourced in bash, completes subcommands.
+#[test]
+fn bash_completion_completes_a_subcommand() {
+    let script = format!(
+        "source <({} completions bash); COMP_WORDS=(sbx ap); COMP_CWORD=1; COMP_LINE='sbx ap'; \
+         COMP_POINT=6; _sbx sbx ap sbx; echo \"${{COMPREPLY[@]}}\"",
+        env!("CARGO_BIN_EXE_sbx")
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "apply",
+        "{out:?}"
+    );
+}
+
+/// `sbx man DIR` writes sbx(1) and a page per subcommand, which man renders.
+#[test]
+fn man_pages_are_written_for_sbx_and_each_subcommand() {
+    let dir = Dir::new();
+    let out = sbx(&["man", "pages"], dir.path());
+    assert!(out.status.success(), "{out:?}");
+    for page in [
+        "sbx.1",
+        "sbx-apply.1",
+        "sbx-check.1",
+        "sbx-plan.1",
+        "sbx-doctor.1",
+    ] {
+        let roff = std::fs::read_to_string(dir.path().join("pages").join(page)).unwrap();
+        assert!(roff.contains(".SH NAME"), "{page}: {roff}");
+    }
+    let roff = std::fs::read_to_string(dir.path().join("pages/sbx-apply.1")).unwrap();
+    assert!(roff.contains("sbx apply"), "{roff}");
+    assert!(!dir.path().join("pages/sbx-__init.1").exists());
+}
