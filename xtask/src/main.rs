@@ -7,6 +7,7 @@ use std::process::{Command, ExitCode};
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod dist;
 mod ebpf;
 
 #[derive(Parser)]
@@ -34,6 +35,14 @@ enum Task {
     /// Show sbx at work, offline: a throw-away test host with two services, one allowed by the
     /// policy and one not, reached through `sbx apply`. Needs root; removes everything after.
     Demo,
+    /// Build a Debian package, target/dist/sbx_VERSION_ARCH.deb: /usr/bin/sbx, manual pages,
+    /// shell completions, and the example policies under /usr/share/sbx/policies.
+    Dist {
+        /// Then install it, check it (`sbx --version`, `man -w sbx`, `sbx check` of the
+        /// installed policies) and remove it, leaving nothing (CI; needs root).
+        #[arg(long)]
+        round_trip: bool,
+    },
     /// Fuzz the policy parser with cargo-fuzz (needs the nightly toolchain and cargo-fuzz).
     Fuzz {
         /// How long to run.
@@ -50,6 +59,14 @@ fn main() -> ExitCode {
         Task::Bench => run(&root, "cargo", &["bench", "--locked", "-p", "sbx-cli"]),
         Task::Demo => demo::run(&root),
         Task::BuildEbpf { check } => ebpf::build(&root, check),
+        Task::Dist { round_trip } => dist::build(&root).and_then(|deb| {
+            eprintln!("built {}", deb.display());
+            if round_trip {
+                dist::round_trip(&root, &deb)
+            } else {
+                Ok(())
+            }
+        }),
         Task::Fuzz { seconds } => fuzz(&root, seconds),
     };
     match result {
