@@ -60,8 +60,13 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// A heading, bold on a terminal; plain text in a log or a pipe.
 fn step(text: &str) {
-    println!("\n\x1b[1m== {text}\x1b[0m");
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        println!("\n\x1b[1m== {text}\x1b[0m");
+    } else {
+        println!("\n== {text}");
+    }
 }
 
 pub fn run(root: &Path) -> Result<(), String> {
@@ -153,15 +158,35 @@ pub fn run(root: &Path) -> Result<(), String> {
     );
     step("outside the sandbox, both services answer");
     let _ = Command::new("sh").args(["-c", &client]).status();
-    step("sbx apply demo.yaml -- sh -c 'curl …; curl …'");
+    // The backend `auto` picks, named so that the run below says which one enforced.
+    let backend = Command::new(&sbx)
+        .args(["apply", "--dry-run"])
+        .arg(&policy)
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("backend: ").map(str::to_string))
+        })
+        .unwrap_or_else(|| "auto".into());
+    step(&format!(
+        "sbx apply --backend {backend} demo.yaml -- sh -c 'curl …; curl …'"
+    ));
     let status = Command::new(&sbx)
-        .arg("apply")
+        .args(["apply", "--backend", &backend])
         .arg(&policy)
         .args(["--", "sh", "-c", &client])
         .status()
         .map_err(|e| e.to_string())?;
     println!("sbx exited with {status}");
-    step("cleaning up: the test host goes; sbx already left nothing behind");
+    let kept = if backend == "ebpf" {
+        "; sbx removed its sandbox and keeps only its eBPF programs, loaded once for fast \
+         start-ups (in /run/sbx/bpf; `sbx gc --all` removes them)"
+    } else {
+        "; sbx removed its sandbox: nothing of it is left"
+    };
+    step(&format!("cleaning up: the test host goes{kept}"));
     let _ = std::fs::remove_dir_all(&dir);
     drop(host);
     Ok(())

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod demo;
 mod dist;
 mod ebpf;
+mod setup;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build and development tasks for sbx")]
@@ -21,6 +22,9 @@ struct Cli {
 enum Task {
     /// The whole test suite, as CI runs it: formatting, clippy, every test, every policy.
     Test,
+    /// Install everything the test suite needs (Debian packages, rustup components, the
+    /// nightly's rust-src, bpf-linker); as root. `test` names what is missing.
+    Setup,
     /// Rewrite policies/schema.json from `sbx schema`.
     Schema,
     /// Every benchmark; figures and targets are recorded in docs/benchmarks.md.
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
     let root = workspace_root();
     let result = match Cli::parse().task {
         Task::Test => test(&root),
+        Task::Setup => setup::install(&root),
         Task::Schema => schema(&root),
         Task::Bench => run(&root, "cargo", &["bench", "--locked", "-p", "sbx-cli"]),
         Task::Demo => demo::run(&root),
@@ -100,6 +105,8 @@ pub(crate) fn run(root: &Path, program: &str, args: &[&str]) -> Result<(), Strin
 }
 
 fn test(root: &Path) -> Result<(), String> {
+    // Everything missing at once, before any step runs (and so before one looks like it failed).
+    setup::check()?;
     run(root, "cargo", &["fmt", "--all", "--check"])?;
     // The committed eBPF object must be what its sources build.
     ebpf::build(root, true)?;
