@@ -12,6 +12,7 @@
 
 pub mod dns;
 pub mod init;
+mod resolv_conf;
 pub mod state;
 
 use std::ffi::OsString;
@@ -228,10 +229,9 @@ fn run_in(
             // A resolv.conf can only name a server on port 53; elsewhere the backend redirects.
             if bound.port() == 53 {
                 let path = resolv_conf_path(state.dir(), slot);
-                let text = format!(
-                    "# written by sbx for sandbox {slot}\nnameserver {}\n",
-                    bound.ip()
-                );
+                // What clients outside read; without one, the service alone.
+                let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+                let text = resolv_conf::for_sandbox(&host, bound.ip(), slot);
                 std::fs::write(&path, text)
                     .map_err(|e| SysError::new(format!("write {}", path.display()), e))?;
                 resolv_conf = Some(path);
