@@ -722,7 +722,6 @@ fn apply_as_nobody(policy: &std::path::Path) -> std::process::Output {
 /// instead of reporting an empty host.
 #[test]
 fn doctor_as_an_ordinary_user_says_what_it_cannot_see() {
-    let _guard = exclusive();
     let NoNetwork { policy, .. } = &no_network();
     // Leaves sbx's state directory in place, as any run does.
     let out = sbx()
