@@ -28,6 +28,7 @@ fn main() {
         Ok("sink") => return sink(),
         Ok("send") => return send(),
         Ok("dns-latency") => return dns_latency(),
+        Ok("dns-burst") => return dns_burst(),
         _ => {}
     }
     // SAFETY: geteuid has no preconditions.
@@ -72,6 +73,8 @@ fn main() {
     connect_cost(dir.path(), sbx, &host);
     throughput(dir.path(), sbx, &host);
     gate_latency(dir.path(), sbx, &host);
+    gate_throughput(dir.path(), sbx, &host);
+    http_get(dir.path(), sbx, &host);
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
@@ -372,5 +375,164 @@ fn gate_latency(dir: &Path, sbx: &str, host: &testnet::TestHost) {
         );
         let label = format!("{backend}: through sbx's DNS gate");
         println!("  {label:<45} {gated:>7.1} µs  ({:+.1} µs)", gated - direct);
+    }
+}
+
+const BURST: usize = 10_000;
+const BURST_SOCKETS: usize = 8;
+
+/// Asks `SBX_BENCH_TARGET` for `bench.test` A, BURST queries from BURST_SOCKETS sockets at
+/// once (each socket one query after another); prints queries per second and the p99 round
+/// trip in microseconds.
+fn dns_burst() {
+    use hickory_resolver::proto::op::{Message, Query};
+    use hickory_resolver::proto::rr::{Name, RecordType};
+    let target: std::net::SocketAddr = std::env::var("SBX_BENCH_TARGET").unwrap().parse().unwrap();
+    let started = Instant::now();
+    let mut times: Vec<f64> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..BURST_SOCKETS)
+            .map(|w| {
+                scope.spawn(move || {
+                    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                    socket
+                        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                        .unwrap();
+                    let mut buf = [0u8; 512];
+                    (0..BURST / BURST_SOCKETS)
+                        .map(|i| {
+                            let mut query = Message::query();
+                            query.metadata.id = (w * 10_000 + i) as u16;
+                            query.metadata.recursion_desired = true;
+                            query.add_query(Query::query(
+                                Name::from_ascii("bench.test.").unwrap(),
+                                RecordType::A,
+                            ));
+                            let bytes = query.to_vec().unwrap();
+                            let sent = Instant::now();
+                            socket.send_to(&bytes, target).unwrap();
+                            let (len, _) = socket.recv_from(&mut buf).unwrap();
+                            let elapsed = sent.elapsed().as_secs_f64() * 1e6;
+                            let reply = Message::from_vec(&buf[..len]).unwrap();
+                            assert_eq!(reply.answers.len(), 1, "{reply:?}");
+                            elapsed
+                        })
+                        .collect::<Vec<f64>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    times.sort_by(f64::total_cmp);
+    println!(
+        "{:.0} {:.1}",
+        times.len() as f64 / seconds,
+        times[times.len() * 99 / 100]
+    );
+}
+
+/// The DNS gate under a burst: queries per second and p99, straight to the upstream and through
+/// each backend's gate (median of 3 runs by throughput).
+fn gate_throughput(dir: &Path, sbx: &str, host: &testnet::TestHost) {
+    let upstream =
+        dns::DnsServer::start(dns::Zone::new().addrs("bench.test", &[host.v4.as_str()], 300));
+    let policy = write(
+        dir,
+        "burst.yaml",
+        &format!(
+            "version: 1\nnetwork:\n  mode: allowlist\n  allow: [bench.test]\ndns:\n  servers: [\"{}\"]\n",
+            upstream.addr()
+        ),
+    );
+    let me = std::env::current_exe().unwrap();
+    let burst = |target: String, under: Option<&str>| -> (f64, f64) {
+        let mut runs: Vec<(f64, f64)> = (0..3)
+            .map(|_| {
+                let mut command = match under {
+                    None => Command::new(&me),
+                    Some(backend) => {
+                        let mut c = Command::new(sbx);
+                        c.args(["apply", "--backend", backend])
+                            .arg(&policy)
+                            .arg("--")
+                            .arg(&me);
+                        c
+                    }
+                };
+                let out = command
+                    .env(ROLE, "dns-burst")
+                    .env("SBX_BENCH_TARGET", &target)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let text = String::from_utf8_lossy(&out.stdout);
+                let mut numbers = text.split_whitespace().map(|n| n.parse::<f64>().unwrap());
+                (numbers.next().unwrap(), numbers.next().unwrap())
+            })
+            .collect();
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        runs[1]
+    };
+    println!(
+        "a burst of {BURST} DNS queries from {BURST_SOCKETS} sockets, median of 3 runs: queries/s, p99"
+    );
+    let (qps, p99) = burst(upstream.addr().to_string(), None);
+    println!("  straight to the upstream on loopback          {qps:>7.0} q/s  p99 {p99:>7.1} µs");
+    for backend in BACKENDS {
+        let (qps, p99) = burst(format!("{}:53", host.v4), Some(backend));
+        let label = format!("{backend}: through sbx's DNS gate");
+        println!("  {label:<45} {qps:>7.0} q/s  p99 {p99:>7.1} µs");
+    }
+}
+
+/// A 1 MiB HTTP GET by name from a test host: `sbx apply -- curl` against curl alone (the name
+/// given to curl, as no host resolver knows the test host) plus `sbx apply -- true`. What is
+/// left is what the sandbox adds to the GET itself: the first DNS answer and the data path.
+fn http_get(dir: &Path, sbx: &str, host: &testnet::TestHost) {
+    let upstream =
+        dns::DnsServer::start(dns::Zone::new().addrs("get.bench.test", &[host.v4.as_str()], 300));
+    let policy = write(
+        dir,
+        "get.yaml",
+        &format!(
+            "version: 1\nnetwork:\n  mode: allowlist\n  allow: [\"get.bench.test:8080\"]\ndns:\n  servers: [\"{}\"]\n",
+            upstream.addr()
+        ),
+    );
+    let url = "http://get.bench.test:8080/size/1048576";
+    let pinned = format!("get.bench.test:8080:{}", host.v4);
+    let curl = |command: &mut Command| {
+        run(command.args(["curl", "-sSf", "-o", "/dev/null", url]));
+    };
+    let alone = median_ms(|| {
+        run(Command::new("curl").args(["-sSf", "-o", "/dev/null", "--resolve", &pinned, url]))
+    });
+    println!("a 1 MiB HTTP GET by name from a test host, median of {RUNS} runs:");
+    println!("  curl alone (name pinned with --resolve)       {alone:>7.1} ms");
+    for backend in BACKENDS {
+        let apply = |tail: &[&str]| {
+            let mut command = Command::new(sbx);
+            command
+                .args(["apply", "--backend", backend])
+                .arg(&policy)
+                .arg("--")
+                .args(tail);
+            command
+        };
+        let start_up = median_ms(|| run(&mut apply(&["true"])));
+        let get = median_ms(|| curl(&mut apply(&[])));
+        println!(
+            "  {:<45} {get:>7.1} ms  (curl alone + `-- true` {:.1} ms: {:+.1} ms)",
+            format!("{backend}: sbx apply -- curl by name"),
+            alone + start_up,
+            get - alone - start_up
+        );
     }
 }

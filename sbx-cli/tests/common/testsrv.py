@@ -1,5 +1,5 @@
-"""A test host's servers: TCP ports answer with a tiny HTTP response naming the port, UDP ports
-echo. Prints `ready` once every socket listens. Usage: testsrv.py ADDR,ADDR tcp:PORT,... udp:PORT,..."""
+"""A test host's servers: TCP ports answer with a tiny HTTP response naming the port (or N bytes
+for `GET /size/N`), UDP ports echo. Prints `ready` once every socket listens. Usage: testsrv.py ADDR,ADDR tcp:PORT,... udp:PORT,..."""
 import socket
 import sys
 import threading
@@ -14,10 +14,15 @@ def tcp(sock, port):
         try:
             conn.settimeout(2)
             try:
-                conn.recv(4096)
+                request = conn.recv(4096)
             except OSError:
-                pass
-            body = f"port {port}\n".encode()
+                request = b""
+            # `GET /size/N`: N bytes (the benchmarks' downloads); anything else: the port's name.
+            words = request.split(b" ")
+            if len(words) > 1 and words[1].startswith(b"/size/"):
+                body = b"x" * int(words[1][len(b"/size/"):])
+            else:
+                body = f"port {port}\n".encode()
             conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         finally:
             conn.close()
