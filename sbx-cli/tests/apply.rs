@@ -545,9 +545,12 @@ fn after_sbx_is_killed_its_command_dies_and_the_next_run_or_gc_cleans_up(backend
     for cleaner in ["gc", "next run"] {
         let pidfile = dir.path().join("pid");
         let _ = std::fs::remove_file(&pidfile);
-        // A daemon that leaves its session: it must die with sbx all the same.
+        // A daemon that leaves its session: it must die with sbx all the same. Its sleep is of a
+        // length no other process on the machine has, so that a search by command line finds it
+        // and nothing else.
+        let sleep = format!("sleep 60.{}{}", std::process::id(), cleaner.len());
         let script = format!(
-            "setsid sh -c 'echo $$ > {}; exec sleep 60' & wait",
+            "setsid sh -c 'echo $$ > {}; exec {sleep}' & wait",
             pidfile.display()
         );
         let mut child = sbx()
@@ -571,7 +574,7 @@ fn after_sbx_is_killed_its_command_dies_and_the_next_run_or_gc_cleans_up(backend
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let alive = Command::new("pgrep")
-                .args(["-f", "^sleep 60$"])
+                .args(["-f", &format!("^{sleep}$")])
                 .output()
                 .unwrap();
             if !alive.status.success() {
