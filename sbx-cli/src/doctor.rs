@@ -78,11 +78,8 @@ fn ebpf_checks() -> Vec<Check> {
     let v1 = v1_net_controllers();
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
     let landlock = landlock::abi_version();
-    // SAFETY: bpf(2) with an invalid command only reports whether the syscall exists.
-    let bpf = unsafe { libc::syscall(libc::SYS_bpf, -1i64, 0usize, 0u32) };
-    let bpf_problem = (bpf < 0
-        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
-    .then(|| "the kernel has no bpf(2) system call".to_string());
+    let bpf_problem = (!crate::sys::bpf::syscall_exists())
+        .then(|| "the kernel has no bpf(2) system call".to_string());
     vec![
         privileges(),
         check(

@@ -15,7 +15,7 @@
 //! down; the exit status is passed up, a death by signal N as 128+N.
 
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
@@ -24,7 +24,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, fork, pipe, setgroups, setresgid, setresuid};
 
 use super::state::STATE_DIR;
-use crate::sys::{Step, SysError, caps, fd, landlock, mount, seccomp};
+use crate::sys::{Step, SysError, caps, fd, landlock, mount, seccomp, signal};
 
 /// Who the command runs as.
 #[derive(Debug, Clone)]
@@ -66,25 +66,6 @@ fn waited_signals() -> SigSet {
     set
 }
 
-/// The next signal of `set` (blocked), with whether a process sent it (kill, sigqueue, tgkill)
-/// rather than the kernel (a terminal's ^C, a child's exit).
-fn wait_signal(set: &SigSet) -> (Signal, bool) {
-    loop {
-        let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
-        // SAFETY: sigwaitinfo writes a full siginfo_t into `info` when it returns a signal.
-        let signo = unsafe { libc::sigwaitinfo(set.as_ref(), info.as_mut_ptr()) };
-        if signo < 0 {
-            continue; // EINTR
-        }
-        // SAFETY: set by the successful call above.
-        let code = unsafe { info.assume_init() }.si_code;
-        let sent = matches!(code, libc::SI_USER | libc::SI_QUEUE | libc::SI_TKILL);
-        if let Ok(signal) = Signal::try_from(signo) {
-            return (signal, sent);
-        }
-    }
-}
-
 /// The shell convention: the exit code, or 128+N for a death by signal N.
 fn exit_code(status: WaitStatus) -> Option<i32> {
     match status {
@@ -123,7 +104,7 @@ pub fn run(args: InitArgs) -> ! {
 
 fn forward_until_exit(child: Pid, set: &SigSet, _keep: OwnedFd) -> ! {
     loop {
-        match wait_signal(set) {
+        match signal::wait(set) {
             (Signal::SIGCHLD, _) => {
                 if let Ok(status) = waitpid(child, Some(WaitPidFlag::WNOHANG))
                     && let Some(code) = exit_code(status)
@@ -162,7 +143,7 @@ fn reaper(args: InitArgs, set: &SigSet, watch: OwnedFd) -> ! {
         Err(e) => fail("start the command (fork)", e),
     };
     loop {
-        match wait_signal(set) {
+        match signal::wait(set) {
             (Signal::SIGCHLD, _) => loop {
                 // Reap every child: orphans in the namespace are ours to reap.
                 match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
@@ -185,14 +166,12 @@ fn reaper(args: InitArgs, set: &SigSet, watch: OwnedFd) -> ! {
 }
 
 fn parent_gone(watch: &OwnedFd) -> bool {
-    let mut poll = libc::pollfd {
-        fd: watch.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, no timeout.
-    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
-    ready > 0 && poll.revents & (libc::POLLHUP | libc::POLLIN) != 0
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(watch.as_fd(), PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::ZERO).is_ok_and(|ready| ready > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLIN))
 }
 
 /// The /proc paths a container runtime makes read-only (OCI's `readonlyPaths`): /proc/sys holds

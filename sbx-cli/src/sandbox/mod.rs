@@ -401,17 +401,7 @@ fn forwarded_signals() -> SigSet {
 fn forward_signals(child: Pid) {
     let set = forwarded_signals();
     loop {
-        let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
-        // SAFETY: sigwaitinfo fills `info` when it returns a signal number.
-        let signo = unsafe { libc::sigwaitinfo(set.as_ref(), info.as_mut_ptr()) };
-        if signo < 0 {
-            continue;
-        }
-        // SAFETY: filled by the call above.
-        let code = unsafe { info.assume_init() }.si_code;
-        if matches!(code, libc::SI_USER | libc::SI_QUEUE | libc::SI_TKILL)
-            && let Ok(signal) = Signal::try_from(signo)
-        {
+        if let (signal, true) = crate::sys::signal::wait(&set) {
             let _ = kill(child, signal);
         }
     }

@@ -187,3 +187,10 @@ pub fn map_delete_batch<K: aya::Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Res
     )
     .ok()
 }
+
+/// Whether the kernel has bpf(2) at all (a kernel built without it answers ENOSYS).
+pub fn syscall_exists() -> bool {
+    // SAFETY: an invalid command reads no memory; the kernel only answers whether it exists.
+    let result = unsafe { libc::syscall(libc::SYS_bpf, -1i64, 0usize, 0u32) };
+    result >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+}

@@ -1,5 +1,5 @@
 //! Kernel interfaces, each wrapped once: namespaces, mounts, capabilities, system-call
-//! filters, Landlock, sysctls, file locks, bpf, files written for the user.
+//! filters, Landlock, sysctls, file locks, bpf, signals, files written for the user.
 //! Errors say which step failed.
 
 pub mod bpf;
@@ -11,6 +11,7 @@ pub mod landlock;
 pub mod mount;
 pub mod netns;
 pub mod seccomp;
+pub mod signal;
 pub mod spawn;
 pub mod sysctl;
 
