@@ -176,7 +176,7 @@ enum Command {
 
         /// Enforcement backend.
         #[arg(long, value_enum, default_value = "auto")]
-        backend: sandbox::BackendChoice,
+        backend: crate::backend::Choice,
 
         /// Run the command as this user (name or uid) instead of the sudo user or root.
         #[arg(long, value_name = "USER")]

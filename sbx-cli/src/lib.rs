@@ -2,9 +2,11 @@
 //!
 //! Data flows one way through one module per stage:
 //! files → [`policy`] (parse, validate, compose) → [`plan`] (names resolved by [`resolve`],
-//! rules normalised) → [`backend`] (nftables) → [`sandbox`] (spawn, supervise, DNS service,
-//! teardown). [`sys`] wraps the kernel interfaces once.
-//! [`cli`] is the `sbx` command line on top; [`diag`] is how problems are reported.
+//! rules normalised) → [`backend`] (nftables or eBPF) → [`sandbox`] (spawn, supervise, DNS
+//! service, teardown). [`state`] is what sbx keeps on the host between its runs (slots, locks),
+//! below the backends that use it. [`sys`] wraps the kernel interfaces once.
+//! [`cli`] is the `sbx` command line on top, with [`check`] and [`doctor`]; [`diag`] is how
+//! problems are reported. A module imports only modules below it (`cargo xtask lint`).
 
 pub mod backend;
 pub mod check;
@@ -15,4 +17,5 @@ pub mod plan;
 pub mod policy;
 pub mod resolve;
 pub mod sandbox;
+pub mod state;
 pub mod sys;

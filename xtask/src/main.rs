@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod demo;
 mod dist;
 mod ebpf;
+mod lint;
 mod setup;
 
 #[derive(Parser)]
@@ -25,6 +26,8 @@ enum Task {
     /// Install everything the test suite needs (Debian packages, rustup components, the
     /// nightly's rust-src, bpf-linker); as root. `test` names what is missing.
     Setup,
+    /// Check that sbx-cli's stages import only the stages below them.
+    Lint,
     /// Rewrite policies/schema.json from `sbx schema`.
     Schema,
     /// Every benchmark; figures and targets are recorded in docs/benchmarks.md.
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::Test => test(&root),
         Task::Setup => setup::install(&root),
+        Task::Lint => lint::run(&root),
         Task::Schema => schema(&root),
         Task::Bench => run(&root, "cargo", &["bench", "--locked", "-p", "sbx-cli"]),
         Task::Demo => demo::run(&root),
@@ -108,6 +112,7 @@ fn test(root: &Path) -> Result<(), String> {
     // Everything missing at once, before any step runs (and so before one looks like it failed).
     setup::check()?;
     run(root, "cargo", &["fmt", "--all", "--check"])?;
+    lint::run(root)?;
     // The committed eBPF object must be what its sources build.
     ebpf::build(root, true)?;
     run(

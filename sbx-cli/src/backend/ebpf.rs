@@ -29,7 +29,7 @@ use sbx_common::{
 use super::{Admit, Backend, Denial, Enforced, Placement};
 use crate::plan::{Plan, RuleSet as PlanRuleSet};
 use crate::policy::{Mode, Ports, Protocol};
-use crate::sandbox::state::{Locked, STATE_DIR};
+use crate::state::{Locked, STATE_DIR};
 use crate::sys::bpf::{self, AttachType};
 use crate::sys::{Step, SysError, cgroup};
 

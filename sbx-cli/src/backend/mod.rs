@@ -4,13 +4,35 @@
 
 pub mod ebpf;
 pub mod nftables;
+pub mod requirements;
 
 use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 
 use crate::plan::Plan;
-use crate::sandbox::state::Locked;
+use crate::state::Locked;
 use crate::sys::SysError;
+
+/// Which backend a sandbox gets (`--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Choice {
+    /// A network namespace per sandbox, rules in nftables on the host side.
+    Nftables,
+    /// A cgroup per sandbox, judged by cgroup eBPF programs; no network namespace.
+    Ebpf,
+    /// eBPF where it can run (see `sbx doctor`), else nftables.
+    Auto,
+}
+
+/// The backend `choice` names; `Auto` is eBPF where every eBPF requirement holds.
+pub fn choose(choice: Choice) -> Box<dyn Backend> {
+    let ebpf_usable = || requirements::ebpf().iter().all(|c| c.problem.is_none());
+    match choice {
+        Choice::Ebpf => Box::new(ebpf::Ebpf),
+        Choice::Auto if ebpf_usable() => Box::new(ebpf::Ebpf),
+        Choice::Nftables | Choice::Auto => Box::new(nftables::Nftables),
+    }
+}
 
 pub trait Backend {
     fn name(&self) -> &'static str;

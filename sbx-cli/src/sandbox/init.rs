@@ -23,7 +23,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, fork, pipe, setgroups, setresgid, setresuid};
 
-use super::state::STATE_DIR;
+use crate::state::STATE_DIR;
 use crate::sys::{Step, SysError, caps, fd, landlock, mount, seccomp, signal};
 
 /// Who the command runs as.

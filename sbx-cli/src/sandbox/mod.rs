@@ -13,7 +13,6 @@
 pub mod dns;
 pub mod init;
 mod resolv_conf;
-pub mod state;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -31,23 +30,13 @@ use crate::backend::{Backend, Enforced, Placement};
 use crate::plan::Plan;
 use crate::policy::name::HostName;
 use crate::resolve::Resolver;
+use crate::state::{Locked, State};
 use crate::sys::file::{self, Rights};
 use crate::sys::{SysError, caps};
 use init::RunAs;
-use state::{Locked, State};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BackendChoice {
-    /// A network namespace per sandbox, rules in nftables on the host side.
-    Nftables,
-    /// A cgroup per sandbox, judged by cgroup eBPF programs; no network namespace.
-    Ebpf,
-    /// eBPF where it can run (see `sbx doctor`), else nftables.
-    Auto,
-}
 
 pub struct Options {
-    pub backend: BackendChoice,
+    pub backend: crate::backend::Choice,
     pub user: Option<String>,
     pub dry_run: bool,
     /// Where to write every denial as a JSON line.
@@ -84,22 +73,10 @@ impl From<SysError> for ApplyError {
     }
 }
 
-pub fn backend(choice: BackendChoice) -> Result<Box<dyn Backend>, ApplyError> {
-    match choice {
-        BackendChoice::Auto if crate::doctor::auto_prefers_ebpf() => {
-            Ok(Box::new(crate::backend::ebpf::Ebpf))
-        }
-        BackendChoice::Nftables | BackendChoice::Auto => {
-            Ok(Box::new(crate::backend::nftables::Nftables))
-        }
-        BackendChoice::Ebpf => Ok(Box::new(crate::backend::ebpf::Ebpf)),
-    }
-}
-
 /// Runs `options.command` under `plan` and returns its exit status (128+N for a death by
 /// signal N). With `dry_run`, prints what would be applied instead.
 pub fn apply(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<i32, ApplyError> {
-    let backend = backend(options.backend)?;
+    let backend = crate::backend::choose(options.backend);
     let refusals = backend.refusals(plan);
     if !refusals.is_empty() {
         return Err(ApplyError::Refused(format!(

@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use super::{Admit, Backend, Enforced, Placement};
 use crate::plan::Plan;
 use crate::policy::Mode;
-use crate::sandbox::state::Locked;
+use crate::state::Locked;
 use crate::sys::netns::NetNs;
 use crate::sys::{Step, SysError};
 use net::Layout;
