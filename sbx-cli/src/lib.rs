@@ -11,6 +11,7 @@ pub mod check;
 pub mod cli;
 pub mod diag;
 pub mod doctor;
+pub mod export;
 pub mod plan;
 pub mod policy;
 pub mod resolve;
