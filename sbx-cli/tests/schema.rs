@@ -6,7 +6,6 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::yaml_as_json;
-use serde_json::Value;
 
 fn policies_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
