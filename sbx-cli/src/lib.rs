@@ -4,6 +4,7 @@
 //! files → [`policy`] (parse, validate, compose) → [`plan`] (names resolved by [`resolve`],
 //! rules normalised) → [`backend`] (nftables) → [`sandbox`] (spawn, supervise, DNS service,
 //! teardown). [`sys`] wraps the kernel interfaces once.
+//! [`export`] writes a composed policy for another engine (Cilium, Kubernetes, systemd).
 //! [`cli`] is the `sbx` command line on top; [`diag`] is how problems are reported.
 
 pub mod backend;
