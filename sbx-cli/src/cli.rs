@@ -10,6 +10,7 @@ use termcolor::{ColorChoice, StandardStream};
 
 use crate::check;
 use crate::diag::{self, Diagnostic};
+use crate::export;
 use crate::policy::Loader;
 use crate::{plan, resolve, sandbox};
 
@@ -140,6 +141,67 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         format: PlanFormat,
+    },
+
+    /// Write a policy for another engine: Cilium, Kubernetes NetworkPolicy, systemd.
+    #[command(
+        long_about = "Write a policy for another engine, with the same meaning or a precise \
+            refusal: a CiliumNetworkPolicy (or CiliumClusterwideNetworkPolicy), a Kubernetes \
+            NetworkPolicy, or a systemd unit drop-in, on stdout.\n\n\
+            The export reads the composed policy (after `extends`): names stay names, which \
+            Cilium follows with its DNS proxy (`toFQDNs`, and a DNS rule to kube-dns that \
+            answers the allowed names only, as sbx's DNS gate does). sbx's `*.example.com` (any \
+            depth below, never example.com) is written `**.example.com`, which needs Cilium \
+            1.19 or later; --wildcard-depth N writes one pattern per depth for older releases \
+            (narrower, with a warning).\n\n\
+            Where the engine cannot say what the policy says, sbx refuses with an error naming \
+            the entry (file:line:column), or, where the export is narrower than sbx (never \
+            wider), warns; warnings are also written as comments into the output. What maps to \
+            what: docs/export.md.\n\n\
+            Exit status: 0 with every policy exported; 1 otherwise (nothing is written then); 2 \
+            for a usage error.",
+        after_help = "Examples:\n  sbx export --format cilium --namespace ci --selector app=build policies/rust-build.yaml\n  sbx export --format kubernetes --resolve policies/github.yaml\n  sbx export --format systemd --widen-ports policy.yaml > /etc/systemd/system/job.service.d/sbx.conf"
+    )]
+    Export {
+        /// Policy files; one object each, as YAML documents separated by `---`.
+        #[arg(required = true, value_name = "POLICY")]
+        policies: Vec<PathBuf>,
+
+        /// The engine to write for.
+        #[arg(long, value_enum)]
+        format: export::Format,
+
+        /// The object's name (one policy only); by default the policy's name.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+
+        /// The namespace of the object (Kubernetes, Cilium); by default none is written.
+        #[arg(long, value_name = "NS", conflicts_with = "clusterwide")]
+        namespace: Option<String>,
+
+        /// A label the selected pods carry (repeatable); without one, every pod of the
+        /// namespace is selected.
+        #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
+        selector: Vec<(String, String)>,
+
+        /// A CiliumClusterwideNetworkPolicy (needs --selector).
+        #[arg(long)]
+        clusterwide: bool,
+
+        /// Cilium before 1.19: write each wildcard as one pattern per depth, 1 to N labels
+        /// (deeper names are then refused).
+        #[arg(long, value_name = "N")]
+        wildcard_depth: Option<u8>,
+
+        /// systemd: allow whole addresses where the policy allows only some ports (wider than
+        /// the policy).
+        #[arg(long)]
+        widen_ports: bool,
+
+        /// Write names the engine cannot follow as the addresses they have now, resolved by
+        /// sbx with the policy's `dns` settings (they go stale).
+        #[arg(long)]
+        resolve: bool,
     },
 
     /// Run a command under a policy.
@@ -333,6 +395,30 @@ pub fn main() -> ExitCode {
             }
         }),
         Command::Plan { policy, format } => plan(&policy, format, &mut stderr),
+        Command::Export {
+            policies,
+            format,
+            name,
+            namespace,
+            selector,
+            clusterwide,
+            wildcard_depth,
+            widen_ports,
+            resolve,
+        } => export_policies(
+            &policies,
+            format,
+            &export::Options {
+                name,
+                namespace,
+                selector,
+                clusterwide,
+                wildcard_depth,
+                widen_ports,
+            },
+            resolve,
+            &mut stderr,
+        ),
         Command::Apply {
             policy,
             backend,
@@ -489,6 +575,115 @@ fn plan(
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `KEY=VALUE` of `--selector`.
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("`{text}` is not KEY=VALUE (e.g. app=build)")),
+    }
+}
+
+/// Exports every policy, or writes nothing: a pipe into `kubectl apply` must not get half of
+/// what was asked for.
+fn export_policies(
+    paths: &[PathBuf],
+    format: export::Format,
+    options: &export::Options,
+    resolve: bool,
+    stderr: &mut StandardStream,
+) -> io::Result<ExitCode> {
+    if paths.len() > 1 && (options.name.is_some() || format == export::Format::Systemd) {
+        let what = if options.name.is_some() {
+            "--name"
+        } else {
+            "--format systemd"
+        };
+        writeln!(
+            stderr,
+            "error: {what} takes one policy, not {}",
+            paths.len()
+        )?;
+        return Ok(ExitCode::from(2));
+    }
+    let mut documents = Vec::new();
+    let mut failed = false;
+    for path in paths {
+        let mut loader = Loader::new();
+        let policy = loader.load(path);
+        let mut diagnostics: Vec<Diagnostic> = loader.diagnostics().to_vec();
+        let exported = match &policy {
+            None => None,
+            Some(policy) => {
+                let resolved = if resolve {
+                    match resolve_names(policy) {
+                        Ok(resolved) => Some(resolved),
+                        Err(why) => {
+                            writeln!(stderr, "error: {why}")?;
+                            failed = true;
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
+                match export::export(policy, format, options, resolved.as_ref()) {
+                    Ok(exported) => {
+                        diagnostics.extend(exported.warnings);
+                        Some(exported.text)
+                    }
+                    Err(problems) => {
+                        diagnostics.extend(problems);
+                        None
+                    }
+                }
+            }
+        };
+        diag::render_human(stderr, &loader.sources, &diagnostics)?;
+        match exported {
+            Some(text) => documents.push(text),
+            None => {
+                failed = true;
+                let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+                writeln!(
+                    stderr,
+                    "no export of {}: {}, {}",
+                    path.display(),
+                    check::plural(errors, "error"),
+                    check::plural(diagnostics.len() - errors, "warning")
+                )?;
+            }
+        }
+    }
+    if failed {
+        return Ok(ExitCode::FAILURE);
+    }
+    let mut out = io::stdout().lock();
+    out.write_all(documents.join("---\n").as_bytes())?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every host name of the policy with the addresses sbx's resolver gives it now.
+fn resolve_names(policy: &crate::policy::Policy) -> Result<export::Resolved, String> {
+    let resolver = resolve::Resolver::new(&policy.dns)
+        .map(std::sync::Arc::new)
+        .map_err(|resolve::SetupError(why)| why)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the resolver: {e}"))?;
+    let answers = runtime.block_on(resolver.resolve_all(export::names_to_resolve(policy)));
+    Ok(answers
+        .into_iter()
+        .map(|(name, answer)| {
+            let addresses = answer
+                .map(|a| a.addresses.iter().map(|a| a.ip).collect())
+                .map_err(|failure| failure.to_string());
+            (name, addresses)
+        })
+        .collect())
 }
 
 fn apply(

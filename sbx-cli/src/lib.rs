@@ -5,6 +5,7 @@
 //! rules normalised) → [`backend`] (nftables or eBPF) → [`sandbox`] (spawn, supervise, DNS
 //! service, teardown). [`state`] is what sbx keeps on the host between its runs (slots, locks),
 //! below the backends that use it. [`sys`] wraps the kernel interfaces once.
+//! [`export`] writes a composed policy for another engine (Cilium, Kubernetes, systemd).
 //! [`cli`] is the `sbx` command line on top, with [`check`] and [`doctor`]; [`diag`] is how
 //! problems are reported. A module imports only modules below it (`cargo xtask lint`).
 
@@ -13,6 +14,7 @@ pub mod check;
 pub mod cli;
 pub mod diag;
 pub mod doctor;
+pub mod export;
 pub mod plan;
 pub mod policy;
 pub mod resolve;

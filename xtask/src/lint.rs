@@ -16,6 +16,7 @@ const RANKS: &[(&str, u8)] = &[
     ("sandbox", 5),
     ("check", 6),
     ("doctor", 6),
+    ("export", 6),
     ("cli", 7),
 ];
 

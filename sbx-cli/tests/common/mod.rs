@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use serde_json::Value;
+use sbx::policy::yaml::{self, Kind, Node};
+use serde_json::{Number, Value};
 
 pub mod dns;
 pub mod testnet;
@@ -73,4 +74,36 @@ pub fn errors(findings: &[Value]) -> Vec<&Value> {
         .iter()
         .filter(|f| f["severity"] == "error")
         .collect()
+}
+
+/// A YAML node as JSON, resolving plain scalars as the YAML 1.2 core schema does.
+fn to_json(node: &Node<'_>) -> Value {
+    match &node.kind {
+        _ if node.is_null() => Value::Null,
+        Kind::Scalar { text, plain: false } => Value::String(text.to_string()),
+        Kind::Scalar { text, plain: true } => match text.as_ref() {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => text
+                .parse::<i64>()
+                .map(|n| Value::Number(n.into()))
+                .or_else(|_| {
+                    text.parse::<f64>()
+                        .map_err(|_| ())
+                        .and_then(|f| Number::from_f64(f).map(Value::Number).ok_or(()))
+                })
+                .unwrap_or_else(|_| Value::String(text.to_string())),
+        },
+        Kind::Seq(items) => Value::Array(items.iter().map(to_json).collect()),
+        Kind::Map(entries) => Value::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.as_str().unwrap().to_string(), to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+pub fn yaml_as_json(text: &str) -> Value {
+    to_json(&yaml::parse(text).unwrap().root.unwrap())
 }
