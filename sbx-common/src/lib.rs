@@ -163,6 +163,39 @@ pub struct SocketOwner {
     pub cgroup: u64,
 }
 
+/// Destinations the policy denies that a UDP socket of a sandbox was connected to anyway, in the
+/// socket's own storage (a socket-local storage map, made at the first such connect). A UDP
+/// connect sends nothing, and C libraries and Go connect a UDP socket to every candidate address
+/// to choose among them (RFC 6724), as on a real network: so the connect succeeds and what is
+/// refused is a send. A send on a connected socket passes no send hook; the egress program
+/// refuses every datagram of the socket to a destination held here.
+///
+/// Entries are only added while denied, and leave only when a hook finds their destination
+/// allowed: a connect hook runs before the kernel connects, and not under the same lock, so two
+/// connects racing on one socket may leave it connected to either destination, and each must
+/// be here while the socket can be connected to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub peers: [HeldPeer; MAX_HELD],
+}
+
+/// Held destinations per socket; a connect to one more is refused, as a TCP connect is.
+pub const MAX_HELD: usize = 16;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldPeer {
+    /// The address's 16 bytes read as two native words (IPv4 as IPv4-mapped IPv6,
+    /// `::ffff:a.b.c.d`): compared a word at a time.
+    pub addr: [u64; 2],
+    /// Host order.
+    pub port: u16,
+    /// 1 for an entry in use, else 0.
+    pub used: u16,
+    pub _pad: u32,
+}
+
 /// A peer an unconnected UDP socket of a sandbox sent a datagram to, keyed with that socket's
 /// local port: datagrams from the peer to that port are replies, which the inbound program
 /// admits until the value (`CLOCK_MONOTONIC` nanoseconds) passes.
@@ -190,6 +223,8 @@ pub const HOOK_SENDMSG6: u8 = 4;
 pub const HOOK_SOCK_CREATE: u8 = 5;
 pub const HOOK_BIND4: u8 = 6;
 pub const HOOK_BIND6: u8 = 7;
+/// A datagram a connected UDP socket sent to a held destination (see [`Held`]).
+pub const HOOK_EGRESS: u8 = 8;
 
 /// A refusal, reported to sbx through a ring buffer.
 #[repr(C)]

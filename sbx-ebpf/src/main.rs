@@ -1,6 +1,10 @@
-//! sbx's cgroup programs: every connect, unconnected send and socket creation of a sandboxed
-//! process is judged against the policy of its sandbox (its cgroup), read from maps that sbx
-//! fills. Denials fail at once with EPERM and are reported through a ring buffer.
+//! sbx's cgroup programs: every connect, send and socket creation of a sandboxed process is
+//! judged against the policy of its sandbox (its cgroup), read from maps that sbx fills. Denials
+//! fail at once with EPERM and are reported through a ring buffer.
+//!
+//! A UDP connect sends nothing, so one to a denied destination succeeds, as on a real network
+//! (address selection connects to every candidate); its destination is held for the socket (see
+//! `Held`), and `egress` refuses each datagram the socket sends there.
 //!
 //! The verdict, as in the Plan: the command's own sockets on loopback are always reachable (the
 //! socket the kernel would deliver to was created in the sandbox); a deny rule refuses; in mode
@@ -63,6 +67,9 @@ static CHUNKS6: HashMap<ChunkKey, Chunk6> = HashMap::with_max_entries(1024, BPF_
 /// The sandbox every socket created in one belongs to (see `SocketOwner`); goes with the socket.
 #[btf_map]
 static OWNERS: SkStorage<SocketOwner> = SkStorage::new();
+/// The denied destinations each UDP socket was connected to (see `Held`); goes with the socket.
+#[btf_map]
+static HELD: SkStorage<Held> = SkStorage::new();
 /// Peers unconnected UDP sockets sent to, whose replies are admitted (see `PeerKey`): the least
 /// recently written go first when it is full. An LRU map is allocated whole: 0.6 MiB of kernel
 /// memory at this size (`sbx doctor`; 5.5 MiB at 65,536).
@@ -335,6 +342,100 @@ fn owners() -> *mut c_void {
     ptr::from_ref(&OWNERS).cast_mut().cast()
 }
 
+/// The held-destinations storage map, as the helpers take it.
+#[inline(always)]
+fn held_map() -> *mut c_void {
+    ptr::from_ref(&HELD).cast_mut().cast()
+}
+
+/// An address's bytes as the two native words `HeldPeer` keeps.
+#[inline(always)]
+fn words(addr: [u8; 16]) -> [u64; 2] {
+    let (high, low) = addr.split_at(8);
+    [u64::from_ne_bytes(high.try_into().unwrap_or_default()), u64::from_ne_bytes(low.try_into().unwrap_or_default())]
+}
+
+/// All ones when `peer` is in use and holds `addr` at `port` (at any port, for `None`), else 0.
+/// Computed, not branched on, as in `below`: a branch per entry would give the verifier a path
+/// per combination of entries.
+#[inline(always)]
+fn held_at(peer: &HeldPeer, addr: [u64; 2], port: Option<u16>) -> u64 {
+    let ports = match port {
+        Some(p) => u64::from(peer.port ^ p),
+        None => 0,
+    };
+    below((peer.addr[0] ^ addr[0]) | (peer.addr[1] ^ addr[1]) | ports | u64::from(peer.used ^ 1), 1)
+}
+
+/// Whether `addr`:`port` is one of `held`'s destinations (`addr` at any port, for `None`).
+#[inline(always)]
+fn holds(held: &Held, addr: [u64; 2], port: Option<u16>) -> bool {
+    let mut found = 0;
+    let mut i = 0;
+    while i < MAX_HELD {
+        found |= held_at(&held.peers[i], addr, port);
+        i += 1;
+    }
+    found != 0
+}
+
+/// What `sbx_held` does with a destination.
+const HOLD: u32 = 0;
+const RELEASE: u32 = 1;
+
+/// Holds a denied destination a UDP socket connects to (`HOLD`; false when the socket holds as
+/// many as it may, and then the connect is refused), or lets go of one a hook found allowed
+/// (`RELEASE`: sends there are the policy's to allow now).
+#[inline(always)]
+fn held(ctx: &SockAddrContext, op: u32, addr: [u8; 16], port: u16) -> bool {
+    let [high, low] = words(addr);
+    sbx_held(ctx.sock_addr, op | u32::from(port) << 8, high, low) != 0
+}
+
+/// `held`, as a global function verified once on its own, as `sbx_receiver_owner` is (inlined,
+/// its loops multiplied the paths of every caller past the verifier's budget). `what` is the
+/// operation and the port (host order) shifted by 8; the address is `high` and `low` (`words`).
+#[inline(never)]
+#[unsafe(no_mangle)]
+fn sbx_held(ctx: *mut bpf_sock_addr, what: u32, high: u64, low: u64) -> u64 {
+    let op = what & 0xff;
+    let port = (what >> 8) as u16;
+    let addr = [high, low];
+    // SAFETY: the context's socket is valid for the program's run.
+    let sk = unsafe { (*ctx).__bindgen_anon_1.sk };
+    let flags = if op == HOLD { u64::from(BPF_SK_STORAGE_GET_F_CREATE) } else { 0 };
+    // SAFETY: a zeroed value is made when missing; the storage lives as long as the socket.
+    let held = unsafe { bpf_sk_storage_get(held_map(), sk.cast(), ptr::null_mut(), flags) }.cast::<Held>();
+    // SAFETY: a valid map value or null.
+    let Some(held) = (unsafe { held.as_mut() }) else {
+        return 0;
+    };
+    if op == RELEASE {
+        let mut i = 0;
+        while i < MAX_HELD {
+            let peer = &mut held.peers[i];
+            peer.used &= !held_at(peer, addr, Some(port)) as u16;
+            i += 1;
+        }
+        return 0;
+    }
+    if holds(held, addr, Some(port)) {
+        return 1;
+    }
+    let mut i = 0;
+    while i < MAX_HELD {
+        let peer = &mut held.peers[i];
+        if peer.used == 0 {
+            peer.addr = addr;
+            peer.port = port;
+            peer.used = 1;
+            return 1;
+        }
+        i += 1;
+    }
+    0
+}
+
 /// The socket the kernel would give a new TCP connection or a UDP datagram for `dst`:`port`:
 /// `None` when there is none, else the cgroup id of the sandbox that created it (0 for any other
 /// socket). Looked up as the receive path does (listeners and wildcard binds by how specific
@@ -481,6 +582,20 @@ fn remember_peer(ctx: &SockAddrContext, cgroup: u64, addr: [u8; 16], port: u16) 
     let _ = PEERS.insert(&key, &expires, 0);
 }
 
+/// For a UDP socket's connect or send (`connect`) to `addr`:`port`: false when a denied connect
+/// is to succeed, its destination held for `egress`; true when the verdict stands (a refused
+/// connect when the socket holds all it may). An allowed destination is let go of.
+#[inline(always)]
+fn stands(ctx: &SockAddrContext, connect: bool, outcome: Outcome, addr: [u8; 16], port: u16) -> bool {
+    match outcome {
+        Outcome::Deny => !(connect && held(ctx, HOLD, addr, port)),
+        Outcome::Allow | Outcome::ToDns => {
+            held(ctx, RELEASE, addr, port);
+            true
+        }
+    }
+}
+
 /// Judges an IPv4 destination, sending DNS to sbx's service in allowlist mode.
 #[inline(always)]
 fn judge4(ctx: &SockAddrContext, hook: u8) -> i32 {
@@ -498,7 +613,11 @@ fn judge4(ctx: &SockAddrContext, hook: u8) -> i32 {
     }
     let port = u16::from_be(sa.user_port as u16);
     let protocol = sa.protocol as u8;
-    let (addr, port) = match verdict(ctx.sock_addr, policy, cgroup, Ip::V4(addr4), protocol, port) {
+    let outcome = verdict(ctx.sock_addr, policy, cgroup, Ip::V4(addr4), protocol, port);
+    if protocol == PROTO_UDP && !stands(ctx, hook == HOOK_CONNECT4, outcome, mapped(addr4), port) {
+        return ALLOW;
+    }
+    let (addr, port) = match outcome {
         Outcome::Deny => {
             report(cgroup, hook, mapped(addr4), protocol, port);
             return DENY;
@@ -551,7 +670,11 @@ fn judge6(ctx: &SockAddrContext, hook: u8) -> i32 {
         sa.user_ip6[3] = u32::from_ne_bytes([127, 0, 0, 1]);
     }
     let judged = if is_mapped { Ip::V4([addr[12], addr[13], addr[14], addr[15]]) } else { Ip::V6(addr) };
-    let (addr, port) = match verdict(ctx.sock_addr, policy, cgroup, judged, protocol, port) {
+    let outcome = verdict(ctx.sock_addr, policy, cgroup, judged, protocol, port);
+    if protocol == PROTO_UDP && !stands(ctx, hook == HOOK_CONNECT6, outcome, addr, port) {
+        return ALLOW;
+    }
+    let (addr, port) = match outcome {
         Outcome::Deny => {
             report(cgroup, hook, addr, protocol, port);
             return DENY;
@@ -668,8 +791,9 @@ fn bytes<const N: usize>(ctx: &SkBuffContext, offset: usize) -> Option<[u8; N]> 
 /// traffic. A listening TCP socket takes only the command's own connections (over loopback, from
 /// a socket created in the sandbox); an unconnected UDP socket takes datagrams from the
 /// command's own sockets and replies from peers it sent to; connected sockets take what the
-/// kernel gives them (their peer was judged when they connected). Anything else is dropped, as
-/// the nftables backend drops new inbound connections.
+/// kernel gives them (their peer was judged when they connected), except from a held
+/// destination, which is judged as for an unconnected socket (nothing was sent to it). Anything
+/// else is dropped, as the nftables backend drops new inbound connections.
 #[inline(always)]
 fn admit(ctx: &SkBuffContext) -> bool {
     let skb = ctx.skb.skb;
@@ -685,9 +809,15 @@ fn admit(ctx: &SkBuffContext) -> bool {
     }
     // SAFETY: a full socket's fields are readable.
     let (protocol, state, connected) = unsafe { ((*sk).protocol, (*sk).state, (*sk).dst_port != 0) };
+    let held = if connected && protocol as u8 == PROTO_UDP {
+        // SAFETY: `sk` is a full socket; the storage is only read.
+        unsafe { bpf_sk_storage_get(held_map(), sk.cast(), ptr::null_mut(), 0) }.cast::<Held>()
+    } else {
+        ptr::null_mut()
+    };
     match protocol as u8 {
         PROTO_TCP if state != TCP_LISTEN => return true,
-        PROTO_UDP if connected => return true,
+        PROTO_UDP if connected && held.is_null() => return true,
         PROTO_TCP | PROTO_UDP => {}
         _ => return false,
     }
@@ -710,6 +840,12 @@ fn admit(ctx: &SkBuffContext) -> bool {
     };
     let Some([s0, s1, d0, d1]) = bytes::<4>(ctx, l4) else { return false };
     let (sport, dport) = (u16::from_be_bytes([s0, s1]), u16::from_be_bytes([d0, d1]));
+    // SAFETY: a valid map value or null.
+    if let Some(held) = unsafe { held.as_ref() }
+        && !holds(held, words(src.v6()), Some(sport))
+    {
+        return true;
+    }
     if ifindex == LOOPBACK_IFINDEX && own_sender(ctx, protocol as u8, src, sport, dst, dport, cgroup) {
         return true;
     }
@@ -755,6 +891,64 @@ fn own_sender(ctx: &SkBuffContext, protocol: u8, src: Ip, sport: u16, dst: Ip, d
 #[cgroup_skb(ingress)]
 pub fn ingress(ctx: SkBuffContext) -> i32 {
     i32::from(admit(&ctx))
+}
+
+/// Whether a datagram leaving a socket of the sandbox goes to a destination the socket holds
+/// (see `Held`): the sends a connected UDP socket makes without an address, which no send hook
+/// sees. Reported once per datagram, as a refused `sendto` is once per call.
+#[inline(always)]
+fn refused(ctx: &SkBuffContext) -> bool {
+    let skb = ctx.skb.skb;
+    // SAFETY: the context pointer is valid for the program's run.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: `sk` is the sending socket.
+    let sk = unsafe { bpf_sk_fullsock(sk) };
+    // SAFETY: a full socket's fields are readable.
+    if sk.is_null() || unsafe { (*sk).protocol } != u32::from(PROTO_UDP) {
+        return false;
+    }
+    // SAFETY: `sk` is a full socket; the storage is only read.
+    let held = unsafe { bpf_sk_storage_get(held_map(), sk.cast(), ptr::null_mut(), 0) }.cast::<Held>();
+    // SAFETY: a valid map value or null.
+    let Some(held) = (unsafe { held.as_ref() }) else {
+        return false;
+    };
+    // SAFETY: a read of the context.
+    let family = unsafe { (*skb).protocol };
+    let (dst, l4) = if family == u32::from(ETH_P_IP.to_be()) {
+        let Some([vihl]) = bytes::<1>(ctx, 0) else { return true };
+        let Some(d) = bytes::<4>(ctx, 16) else { return true };
+        (mapped(d), Some(((vihl & 0x0f) as usize) * 4))
+    } else if family == u32::from(ETH_P_IPV6.to_be()) {
+        let Some([next]) = bytes::<1>(ctx, 6) else { return true };
+        let Some(d) = bytes::<16>(ctx, 24) else { return true };
+        // Extension headers (a routing header) before UDP: the port is not where it is looked
+        // for, and the address alone decides.
+        (d, (next == PROTO_UDP).then_some(40))
+    } else {
+        return false;
+    };
+    let port = match l4 {
+        Some(l4) => {
+            let Some([d0, d1]) = bytes::<2>(ctx, l4 + 2) else { return true };
+            Some(u16::from_be_bytes([d0, d1]))
+        }
+        None => None,
+    };
+    if !holds(held, words(dst), port) {
+        return false;
+    }
+    // SAFETY: a read of the context.
+    report(unsafe { bpf_skb_cgroup_id(skb) }, HOOK_EGRESS, dst, PROTO_UDP, port.unwrap_or(0));
+    true
+}
+
+#[cgroup_skb(egress)]
+pub fn egress(ctx: SkBuffContext) -> i32 {
+    i32::from(!refused(&ctx))
 }
 
 #[cfg(not(test))]

@@ -1,6 +1,7 @@
 //! The eBPF backend: the command stays in the host's network stack, in a cgroup of its own, and
-//! cgroup programs judge each connect, unconnected send, bind and socket creation, and every
-//! packet delivered to the command's sockets (inbound).
+//! cgroup programs judge each connect, unconnected send, bind and socket creation, the sends of
+//! UDP sockets connected to a denied destination, and every packet delivered to the command's
+//! sockets (inbound).
 //!
 //! Loading the programs (parsing the kernel's BTF, probing features, the verifier) costs about
 //! 0.35 s, so it is done once: programs and maps are pinned in a bpffs sbx mounts at `/run/sbx/bpf`, under a
@@ -44,12 +45,15 @@ const SOCK_ADDR_PROGRAMS: [(&str, AttachType); 6] = [
     ("bind6", AttachType::Bind6),
 ];
 const SOCK_PROGRAMS: [(&str, AttachType); 1] = [("sock_create", AttachType::SockCreate)];
-const SKB_PROGRAMS: [(&str, AttachType); 1] = [("ingress", AttachType::Ingress)];
+const SKB_PROGRAMS: [(&str, AttachType); 2] = [
+    ("ingress", AttachType::Ingress),
+    ("egress", AttachType::Egress),
+];
 /// How many programs sbx pins.
 pub const PROGRAMS: usize = SOCK_ADDR_PROGRAMS.len() + SOCK_PROGRAMS.len() + SKB_PROGRAMS.len();
-/// The maps sbx pins, each of a fixed maximum size (`OWNERS` is socket-local storage: its
-/// entries live and die with the sockets of sandboxes).
-pub const MAPS: [&str; 14] = [
+/// The maps sbx pins, each of a fixed maximum size (`OWNERS` and `HELD` are socket-local
+/// storage: their entries live and die with the sockets of sandboxes).
+pub const MAPS: [&str; 15] = [
     "ANSWERED4",
     "ANSWERED6",
     "POLICIES",
@@ -63,6 +67,7 @@ pub const MAPS: [&str; 14] = [
     "CHUNKS6",
     "PEERS",
     "OWNERS",
+    "HELD",
     "EVENTS",
 ];
 
@@ -814,6 +819,7 @@ impl Enforced for Live {
                         sbx_common::HOOK_SENDMSG6 => "sendmsg6",
                         sbx_common::HOOK_BIND4 => "bind4",
                         sbx_common::HOOK_BIND6 => "bind6",
+                        sbx_common::HOOK_EGRESS => "egress",
                         _ => "sock_create",
                     },
                 }

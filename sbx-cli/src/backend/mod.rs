@@ -86,8 +86,9 @@ pub struct Denial {
     pub port: Option<u16>,
     /// IP protocol number (6 TCP, 17 UDP; for a refused socket, the one asked for).
     pub protocol: Option<u8>,
-    /// Where it was refused: connect4/6, sendmsg4/6, sock_create, or dns (a name the policy
-    /// does not allow, asked of sbx's DNS service).
+    /// Where it was refused: connect4/6, sendmsg4/6, bind4/6, sock_create, egress (a send on a
+    /// UDP socket connected to a denied destination), nftables, or dns (a name the policy does
+    /// not allow, asked of sbx's DNS service).
     pub hook: &'static str,
     /// For `dns`: the name asked, and the record type.
     pub name: Option<String>,

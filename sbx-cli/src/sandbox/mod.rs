@@ -304,9 +304,14 @@ fn report_denials(
             .write_all(text.as_bytes())
             .map_err(|e| SysError::new(format!("write {}", out.path.display()), e))
     });
-    if denials.is_empty() {
-        return written;
+    if !denials.is_empty() {
+        eprintln!("{}", summary(denials, has_events));
     }
+    written
+}
+
+/// The one line that sums up a run's denials on stderr.
+fn summary(denials: &[crate::backend::Denial], has_events: bool) -> String {
     let mut by_destination: std::collections::BTreeMap<(String, &str), (usize, Vec<&str>)> =
         std::collections::BTreeMap::new();
     for d in denials {
@@ -321,6 +326,8 @@ fn report_denials(
             ("dns", Some(name), _, _) => name.clone(),
             ("sock_create", ..) => format!("a {protocol} socket"),
             (_, _, Some(ip), Some(port)) => std::net::SocketAddr::new(ip, port).to_string(),
+            // Protocols without ports (ICMP, …): the address alone.
+            (_, _, Some(ip), None) => ip.to_string(),
             _ => "?".to_string(),
         };
         let entry = by_destination.entry((what, protocol)).or_default();
@@ -356,13 +363,12 @@ fn report_denials(
     } else {
         ""
     };
-    eprintln!(
+    format!(
         "sbx: denied {} time{}: {}{hint}",
         denials.len(),
         if denials.len() == 1 { "" } else { "s" },
         parts.join(", ")
-    );
-    written
+    )
 }
 
 fn forwarded_signals() -> SigSet {
@@ -589,4 +595,36 @@ fn shell_words(words: &[OsString]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Denial;
+
+    fn denial(destination: &str, port: Option<u16>, protocol: u8) -> Denial {
+        Denial {
+            pid: None,
+            command: None,
+            destination: Some(destination.parse().unwrap()),
+            port,
+            protocol: Some(protocol),
+            hook: "nftables",
+            name: None,
+            record_type: None,
+        }
+    }
+
+    #[test]
+    fn the_summary_names_every_address_it_has() {
+        let denials = [
+            denial("ff02::2", None, 58),
+            denial("ff02::2", None, 58),
+            denial("192.0.2.7", Some(443), 6),
+        ];
+        assert_eq!(
+            summary(&denials, true),
+            "sbx: denied 3 times: 192.0.2.7:443/tcp, ff02::2/icmp 2\u{d7}"
+        );
+    }
 }

@@ -20,6 +20,7 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 #[repr(u32)]
 pub enum AttachType {
     Ingress = 0,
+    Egress = 1,
     SockCreate = 2,
     Bind4 = 8,
     Bind6 = 9,

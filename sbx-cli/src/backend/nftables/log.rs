@@ -176,11 +176,8 @@ fn denial((ethertype, packet): (u16, &[u8])) -> Option<Denial> {
         }
         (ETH_P_IPV6, _) | (_, 6) if packet.len() >= 40 => {
             let addr: [u8; 16] = packet[24..40].try_into().ok()?;
-            (
-                IpAddr::V6(Ipv6Addr::from(addr)),
-                packet[6],
-                packet.get(40..),
-            )
+            let (protocol, transport) = past_extension_headers(packet[6], &packet[40..]);
+            (IpAddr::V6(Ipv6Addr::from(addr)), protocol, transport)
         }
         _ => return None,
     };
@@ -200,6 +197,34 @@ fn denial((ethertype, packet): (u16, &[u8])) -> Option<Denial> {
     })
 }
 
+/// The protocol and header after IPv6 extension headers (a multicast listener report comes
+/// after a hop-by-hop header); the transport is `None` when the copied bytes end first.
+fn past_extension_headers(mut next: u8, mut rest: &[u8]) -> (u8, Option<&[u8]>) {
+    const HOP_BY_HOP: u8 = 0;
+    const ROUTING: u8 = 43;
+    const FRAGMENT: u8 = 44;
+    const AUTHENTICATION: u8 = 51;
+    const DESTINATION: u8 = 60;
+    while matches!(
+        next,
+        HOP_BY_HOP | ROUTING | FRAGMENT | AUTHENTICATION | DESTINATION
+    ) {
+        let (Some(&following), Some(&units)) = (rest.first(), rest.get(1)) else {
+            return (next, None);
+        };
+        let len = match next {
+            FRAGMENT => 8,
+            AUTHENTICATION => (usize::from(units) + 2) * 4,
+            _ => (usize::from(units) + 1) * 8,
+        };
+        let Some(after) = rest.get(len..) else {
+            return (next, None);
+        };
+        (next, rest) = (following, after);
+    }
+    (next, Some(rest))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +238,25 @@ mod tests {
         let d = denial((ETH_P_IP, &packet)).unwrap();
         assert_eq!(d.destination, Some("198.51.100.7".parse().unwrap()));
         assert_eq!((d.port, d.protocol), (Some(443), Some(6)));
+    }
+
+    #[test]
+    fn the_protocol_of_an_ipv6_packet_is_found_past_its_extension_headers() {
+        // A multicast listener report: hop-by-hop (router alert), then ICMPv6 type 143.
+        let mut packet = vec![0x60, 0, 0, 0, 0, 36, 0, 1];
+        packet.extend([0xfe, 0x80].iter().chain(&[0; 13]).chain(&[1]));
+        packet.extend([0xff, 0x02].iter().chain(&[0; 13]).chain(&[0x16]));
+        packet.extend([58, 0, 5, 2, 0, 0, 1, 0]);
+        packet.extend([143, 0, 0, 0, 0, 0, 0, 1]);
+        let d = denial((ETH_P_IPV6, &packet)).unwrap();
+        assert_eq!(d.destination, Some("ff02::16".parse().unwrap()));
+        assert_eq!((d.port, d.protocol), (None, Some(58)));
+        // A UDP datagram after a destination options header keeps its port.
+        let mut packet = packet[..40].to_vec();
+        packet[6] = 60;
+        packet.extend([17, 0, 1, 4, 0, 0, 0, 0]);
+        packet.extend([0xc3, 0x50, 0x14, 0xe9, 0, 8, 0, 0]);
+        let d = denial((ETH_P_IPV6, &packet)).unwrap();
+        assert_eq!((d.port, d.protocol), (Some(5353), Some(17)));
     }
 }

@@ -5,7 +5,8 @@
 //! forward:  from the sandbox link  → egress
 //!           to the sandbox link    → replies only
 //! input:    from the sandbox link  → replies, IPv6 neighbour discovery, sbx's DNS service
-//!           (allowlist), else egress
+//!           (allowlist); the kernel's router solicitations and multicast listener reports
+//!           dropped unlogged; else egress
 //! egress:   replies → deny sets (refuse) → allowlist: allow sets (accept), other DNS and the
 //!           rest refused; open: accept
 //! refuse:   logged to the sandbox's NFLOG group; TCP reset, else ICMP administratively
@@ -525,6 +526,36 @@ impl Builder {
                     ]),
                 ),
                 Statement::Accept(None),
+            ],
+        );
+        // What the sandbox's kernel sends to the link by itself, not the command (which can
+        // open no raw socket): router solicitations, which go unanswered as on a link without
+        // an IPv6 router (the host is not the sandbox's router; its routes are set by sbx), and
+        // multicast listener reports. Not the command's traffic, so not its denials.
+        self.rule(
+            "input",
+            vec![
+                iifname(&host_if),
+                matches(
+                    payload("ip6", "daddr"),
+                    Operator::EQ,
+                    Expression::Named(NamedExpression::Prefix(Prefix {
+                        addr: Box::new(string("ff02::")),
+                        len: 16,
+                    })),
+                ),
+                l4proto_in(&["ipv6-icmp"]),
+                matches(
+                    payload("icmpv6", "type"),
+                    Operator::EQ,
+                    anonymous_set(vec![
+                        string("nd-router-solicit"),
+                        string("mld-listener-report"),
+                        string("mld-listener-done"),
+                        string("mld2-listener-report"),
+                    ]),
+                ),
+                Statement::Drop(None),
             ],
         );
         if allowlist {

@@ -1,0 +1,288 @@
+//! UDP connects that send nothing, and the traffic the kernel sends by itself: neither is the
+//! command's denied traffic. Real clients (glibc's getaddrinfo, curl) and a connected-UDP client
+//! against test hosts, on both backends. Needs root.
+//!
+//! 1. glibc and Go connect a UDP socket to every candidate address of a name to choose among
+//!    them (RFC 6724), and send nothing: a run that succeeds reports no denial.
+//! 2. Such a connect to a denied destination succeeds, as on a real network, but nothing sent on
+//!    the socket arrives there, and each send is reported; reconnecting it to an allowed
+//!    destination works.
+//! 3. The kernel's own IPv6 router solicitations from a sandbox's link are not the command's
+//!    denials.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use common::Dir;
+use common::dns::{DnsServer, Zone};
+use common::testnet::{TestHost, exclusive, host_state};
+
+const CONNECTED_UDP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/connected_udp.py");
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the end-to-end tests create namespaces and test hosts: run them as root"
+    );
+}
+
+fn write_policy(dir: &Dir, network: &str, dns: &DnsServer) -> PathBuf {
+    dir.write(
+        "p.yaml",
+        &format!(
+            "version: 1\nnetwork:\n  {network}\ndns:\n  servers: [\"{}\"]\n",
+            dns.addr()
+        ),
+    )
+}
+
+/// `sbx apply --backend BACKEND --events EVENTS POLICY -- COMMAND…`.
+fn apply(backend: &str, events: &Path, policy: &Path, command: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sbx"))
+        .args(["apply", "--backend", backend, "--events"])
+        .arg(events)
+        .arg(policy)
+        .arg("--")
+        .args(command)
+        .output()
+        .expect("run sbx apply")
+}
+
+/// `(destination, port, protocol, hook)` of each event written to `events`.
+fn events(events: &Path) -> Vec<(String, u64, u64, String)> {
+    std::fs::read_to_string(events)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|e| {
+            (
+                e["destination"].as_str().unwrap_or("-").to_string(),
+                e["port"].as_u64().unwrap_or(0),
+                e["protocol"].as_u64().unwrap_or(0),
+                e["hook"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A UDP server in a test host's namespace that prints every datagram it receives on `port` of
+/// the host's addresses: what reached the destination, whatever the client was told.
+struct Recorder(Child);
+
+impl Recorder {
+    fn start(host: &TestHost, port: u16) -> Recorder {
+        let script = r#"
+import socket, sys, threading
+def serve(addr):
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((addr, int(sys.argv[3])))
+    while True:
+        data, peer = s.recvfrom(4096)
+        print(repr(data), peer, flush=True)
+for addr in sys.argv[1:3]:
+    threading.Thread(target=serve, args=(addr,), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"#;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &host.netns, "python3", "-c", script])
+            .args([&host.v4, &host.v6, &port.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        assert_eq!(ready.trim(), "ready", "the recorder did not start");
+        Recorder(child)
+    }
+
+    /// What arrived, once stopped.
+    fn received(mut self) -> String {
+        let _ = self.0.kill();
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(self.0.stdout.as_mut().unwrap(), &mut text);
+        text
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// glibc's getaddrinfo (python's, `getent ahosts`) and curl, for a name with an IPv4 and an
+/// IPv6 address, under a policy that allows it over TCP only: the address-selection probes
+/// (UDP connects to port 8080, and to port 0 for `getent`) are no denials, the run succeeds, and
+/// nothing is reported.
+fn address_selection_probes_are_not_denials(backend: &str) {
+    require_root();
+    let _guard = exclusive();
+    let host = TestHost::start(&["tcp:8080"]);
+    let dns = DnsServer::start(Zone::new().addrs("svc.test", &[&host.v4, &host.v6], 300));
+    let dir = Dir::new();
+    let policy = write_policy(
+        &dir,
+        "mode: allowlist\n  allow:\n    - {host: svc.test, ports: [8080], protocol: tcp}",
+        &dns,
+    );
+    let events_path = dir.path().join("events.jsonl");
+    let before = host_state();
+    let script = "import socket\n\
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):\n\
+        \x20   socket.getaddrinfo('svc.test', 8080, type=kind)\n\
+        print('resolved')";
+    let command = format!(
+        "getent ahosts svc.test >/dev/null && python3 -c \"{script}\" && \
+         curl -sS --max-time 5 http://svc.test:8080/"
+    );
+    let out = apply(backend, &events_path, &policy, &["sh", "-c", &command]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("resolved") && stdout.contains("port 8080"),
+        "{backend}: the run failed: {out:?}"
+    );
+    assert!(
+        !stderr.contains("denied"),
+        "{backend}: a probe was reported as a denial:\n{stderr}"
+    );
+    assert_eq!(events(&events_path), [], "{backend}: events were written");
+    assert_eq!(host_state(), before, "{backend}: the host changed");
+}
+
+/// A UDP socket connected to a denied port of a test host (IPv4, IPv6, IPv4-mapped): the
+/// connect succeeds, nothing sent on the socket arrives, each send is reported; reconnected to
+/// the allowed port it works; `sendto` on a connected socket is judged by its address. A thread
+/// reconnecting the socket between the two ports while another sends gets nothing through.
+fn a_connected_udp_socket_sends_nothing_to_a_denied_destination(backend: &str) {
+    require_root();
+    let _guard = exclusive();
+    let host = TestHost::start(&["udp:5353"]);
+    let recorder = Recorder::start(&host, 5354);
+    let dns = DnsServer::start(Zone::new());
+    let dir = Dir::new();
+    let network = format!(
+        "mode: allowlist\n  allow:\n    - {{ip: \"{}\", ports: [5353], protocol: udp}}\n    - {{ip: \"{}\", ports: [5353], protocol: udp}}",
+        host.v4, host.v6
+    );
+    let policy = write_policy(&dir, &network, &dns);
+    let before = host_state();
+    let mut failures = Vec::new();
+    let mut all_events = Vec::new();
+    for addr in [&host.v4, &host.v6] {
+        let events_path = dir.path().join("events.jsonl");
+        let _ = std::fs::remove_file(&events_path);
+        let out = apply(
+            backend,
+            &events_path,
+            &policy,
+            &["python3", CONNECTED_UDP, addr, "5353", "5354"],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let outcome = |attempt: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{attempt} ")))
+                .and_then(|rest| rest.split(' ').next())
+                .unwrap_or("(no result)")
+                .to_string()
+        };
+        // Where nftables lets a sendto out, the host refuses it: the ICMP error finds no
+        // socket connected there, so only the recorder tells.
+        let sendto_denied = if backend == "ebpf" { "denied" } else { "ok" };
+        let mut expected = vec![
+            ("connect-denied", "ok"),
+            ("send-denied", "denied"),
+            ("reconnect-allowed", "ok"),
+            ("sendto-allowed", "ok"),
+            ("sendto-denied", sendto_denied),
+            ("race", "ok"),
+        ];
+        if !addr.contains(':') {
+            expected.extend([
+                ("mapped-connect-denied", "ok"),
+                ("mapped-send-denied", "denied"),
+                ("mapped-reconnect-allowed", "ok"),
+                ("mapped-sendto-allowed", "ok"),
+                ("mapped-sendto-denied", sendto_denied),
+            ]);
+        }
+        for (attempt, want) in expected {
+            let got = outcome(attempt);
+            if got != want {
+                failures.push(format!(
+                    "{backend} {addr}: {attempt}: expected {want}, got {got}\n  stdout: {}\n  stderr: {}",
+                    stdout.trim(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        let summary = String::from_utf8_lossy(&out.stderr);
+        let denied = if addr.contains(':') {
+            format!("[{addr}]:5354/udp")
+        } else {
+            format!("{addr}:5354/udp")
+        };
+        if !summary.contains(&denied) {
+            failures.push(format!(
+                "{backend} {addr}: {denied} is not reported:\n{summary}"
+            ));
+        }
+        all_events.extend(events(&events_path));
+    }
+    let received = recorder.received();
+    if received.contains("leak") {
+        failures.push(format!(
+            "{backend}: datagrams reached the denied port:\n{received}"
+        ));
+    }
+    // Each refused send is reported, never a connect; all to the denied port.
+    let wrong: Vec<_> = all_events
+        .iter()
+        .filter(|(_, port, protocol, hook)| {
+            *port != 5354 || *protocol != 17 || hook.starts_with("connect")
+        })
+        .collect();
+    if !wrong.is_empty() || all_events.is_empty() {
+        failures.push(format!(
+            "{backend}: {} events, these wrong: {wrong:?}",
+            all_events.len()
+        ));
+    }
+    if host_state() != before {
+        failures.push(format!("{backend}: the host changed"));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A command that sends nothing, long enough for the kernel to solicit routers on the
+/// sandbox's link (after up to 1 s, then every 4 s) and to announce its multicast groups: no
+/// denial is reported, and the run leaves no trace of those packets in the events.
+fn what_the_kernel_sends_by_itself_is_not_a_denial(backend: &str) {
+    require_root();
+    let _guard = exclusive();
+    let dns = DnsServer::start(Zone::new());
+    let dir = Dir::new();
+    let policy = write_policy(&dir, "mode: allowlist\n  allow: [\"192.0.2.10:443\"]", &dns);
+    let events_path = dir.path().join("events.jsonl");
+    let out = apply(backend, &events_path, &policy, &["sleep", "6"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{backend}: {out:?}");
+    assert!(!stderr.contains("denied"), "{backend}: {stderr}");
+    assert_eq!(events(&events_path), [], "{backend}");
+}
+
+crate::on_both_backends!(
+    address_selection_probes_are_not_denials,
+    a_connected_udp_socket_sends_nothing_to_a_denied_destination,
+    what_the_kernel_sends_by_itself_is_not_a_denial,
+);
