@@ -129,7 +129,9 @@ fn policy_files(paths: &[PathBuf], problems: &mut Vec<Diagnostic>) -> Vec<PathBu
             .filter_entry(|e| e.depth() == 0 || !is_hidden(e.path()));
         for entry in walk {
             match entry {
-                Ok(e) if e.file_type().is_file() && is_yaml(e.path()) => files.push(e.into_path()),
+                Ok(e) if e.file_type().is_file() && is_policy_file(e.path()) => {
+                    files.push(e.into_path())
+                }
                 Ok(_) => {}
                 Err(e) => problems.push(Diagnostic::error(
                     "unreadable-file",
@@ -162,4 +164,17 @@ fn is_yaml(path: &Path) -> bool {
         path.extension().and_then(|e| e.to_str()),
         Some("yaml" | "yml")
     )
+}
+
+/// `NAME.test.yaml` (or `.yml`): the expectations `sbx test` checks a policy against.
+pub fn is_policy_test(path: &Path) -> bool {
+    is_yaml(path)
+        && path
+            .file_stem()
+            .is_some_and(|stem| Path::new(stem).extension().is_some_and(|e| e == "test"))
+}
+
+/// A file that a directory search takes for a policy: YAML, and not a policy test.
+pub fn is_policy_file(path: &Path) -> bool {
+    is_yaml(path) && !is_policy_test(path)
 }
