@@ -447,7 +447,7 @@ pub fn main() -> ExitCode {
             paths,
             deny_untested,
         } => review::test(&paths, &mut stderr).map(|o| {
-            if o.passed() && !(deny_untested && !o.untested.is_empty()) {
+            if o.passed() && (!deny_untested || o.untested.is_empty()) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -33,12 +33,26 @@ pub(crate) fn plural(n: usize, one: &str, many: &str) -> String {
 /// Writes the errors `loaders` found (their warnings are `sbx check`'s business) and says
 /// whether there were any.
 fn report_errors(stderr: &mut dyn WriteColor, loaders: &[&Loader]) -> io::Result<bool> {
+    report_errors_in(stderr, loaders, |_| true)
+}
+
+/// [`report_errors`], for the errors in the files `wanted` names (and those of no file).
+fn report_errors_in(
+    stderr: &mut dyn WriteColor,
+    loaders: &[&Loader],
+    wanted: impl Fn(&str) -> bool,
+) -> io::Result<bool> {
     let mut any = false;
     for loader in loaders {
         let errors: Vec<Diagnostic> = loader
             .diagnostics()
             .iter()
             .filter(|d| d.is_error())
+            .filter(|d| {
+                d.location
+                    .as_ref()
+                    .is_none_or(|l| wanted(loader.sources.name(l.file)))
+            })
             .cloned()
             .collect();
         diag::render_human(stderr, &loader.sources, &errors)?;
@@ -108,6 +122,9 @@ pub fn diff_git(
         .collect();
     let (mut old_loader, mut new_loader) = (Loader::new(), Loader::new());
     let mut found = Vec::new();
+    // The files of the policies compared, as each side shows them: errors elsewhere (an
+    // unchanged policy, a YAML file that is no policy) are not this comparison's.
+    let mut shown: BTreeSet<String> = BTreeSet::new();
     for rel in &candidates {
         let compose = |loader: &mut Loader, side: &git::Side| {
             side.text(rel)?;
@@ -129,10 +146,14 @@ pub fn diff_git(
         if files.iter().all(|f| old.text(f) == new.text(f)) {
             continue;
         }
+        for side in [&old, &new] {
+            shown.insert(format!("{}{rel}", side.label));
+            shown.extend(files.iter().map(|f| format!("{}{f}", side.label)));
+        }
         let as_policy = |c: Option<crate::policy::Composed>| c.and_then(|c| c.into_policy());
         found.push((rel, as_policy(old_composed), as_policy(new_composed)));
     }
-    if report_errors(stderr, &[&old_loader, &new_loader])? {
+    if report_errors_in(stderr, &[&old_loader, &new_loader], |f| shown.contains(f))? {
         return Ok(Ok(None));
     }
     let diffs = found
