@@ -129,7 +129,9 @@ fn policy_files(paths: &[PathBuf], problems: &mut Vec<Diagnostic>) -> Vec<PathBu
             .filter_entry(|e| e.depth() == 0 || !is_hidden(e.path()));
         for entry in walk {
             match entry {
-                Ok(e) if e.file_type().is_file() && is_yaml(e.path()) => files.push(e.into_path()),
+                Ok(e) if e.file_type().is_file() && crate::policy::is_policy_file(e.path()) => {
+                    files.push(e.into_path())
+                }
                 Ok(_) => {}
                 Err(e) => problems.push(Diagnostic::error(
                     "unreadable-file",
@@ -155,11 +157,4 @@ fn is_hidden(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.starts_with('.'))
-}
-
-fn is_yaml(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml")
-    )
 }

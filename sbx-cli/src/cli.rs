@@ -12,7 +12,7 @@ use crate::check;
 use crate::diag::{self, Diagnostic};
 use crate::export;
 use crate::policy::Loader;
-use crate::{plan, resolve, sandbox};
+use crate::{plan, resolve, review, sandbox};
 
 const EXAMPLE_POLICY: &str = "\
 Example policy (ci-build.yaml):
@@ -202,6 +202,94 @@ enum Command {
         /// sbx with the policy's `dns` settings (they go stale).
         #[arg(long)]
         resolve: bool,
+    },
+
+    /// Show what access a policy change adds or removes, and whether it widens.
+    #[command(
+        long_about = "Show what access a policy change adds or removes, after `extends` and \
+            merging, and whether it widens.\n\n\
+            `sbx diff OLD NEW` compares two policy files. `sbx diff --git REV [PATHS]` compares \
+            the policies of two versions of the current repository: every policy that changed, \
+            and every policy whose `extends` chain changed (a change to a base file shows in \
+            each policy that extends it). REV is `A..B` (two commits), `A...B` (B against its \
+            merge base with A, as a pull request is reviewed), `A..` (A and HEAD) or `A` (A and \
+            the working tree). PATHS (default: the whole repository) limit the policies compared.\n\n\
+            Each line is an entry or setting added (+), removed (-) or changed (~), with the \
+            file:line:column it comes from on its side. A change widens when the new policy \
+            admits a connection the old one did not: a mode that reaches more (none < allowlist \
+            < open), an allow entry (or the ports of one) no old entry held, a deny entry \
+            dropped where the policy can reach it, a DNS server added, a longer `dns.grace`.\n\n\
+            Offline: policies are compared by what they say (names, wildcards, addresses, \
+            blocks, ports, protocols), not by what names resolve to.\n\n\
+            Exit status: 0 when no access widened, 1 when some did (a review gate), 2 for errors \
+            (a policy that does not load, a git problem, a usage error).",
+        after_help = "Examples:\n  sbx diff old/github.yaml policies/github.yaml\n  sbx diff --git origin/main...HEAD policies/\n  sbx diff --git HEAD --format markdown > comment.md"
+    )]
+    Diff {
+        /// Compare the policies of two revisions of the current git repository (see above).
+        #[arg(long, value_name = "REV")]
+        git: Option<String>,
+
+        /// Without --git: the old and the new policy file. With --git: the files or directories
+        /// to compare.
+        #[arg(value_name = "OLD NEW | PATHS")]
+        paths: Vec<PathBuf>,
+
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        format: review::Format,
+    },
+
+    /// Say whether a policy lets the command reach a destination, and which rule decides.
+    #[command(
+        long_about = "Say whether a policy lets the command reach a destination, and which \
+            rule decides it, with the file:line:column it was written at.\n\n\
+            DEST is a host name or an IP address, optionally with `:PORT` (an IPv6 address \
+            with a port in brackets: `[2001:db8::1]:443`) and `/PROTO` (`tcp`, `udp`, `any`). A \
+            port without a protocol means TCP; no port asks about every port.\n\n\
+            Names are matched exactly as sbx's DNS service matches the questions of the \
+            command: `*.example.com` covers every name below example.com, at any depth, never \
+            example.com itself. Deny wins over allow; in allowlist mode a name that a deny \
+            entry names is refused by the DNS service on every port. The host's loopback is \
+            reachable only through an entry that names it, in every mode. Offline: names are \
+            judged by name and addresses by address; what a name resolves to is not looked up.\n\n\
+            Exit status: 0 allowed, 1 denied (or only partly allowed), 2 for errors.",
+        after_help = "Examples:\n  sbx explain policies/github.yaml api.github.com:443\n  sbx explain policies/github.yaml gist.github.com:443\n  sbx explain policies/rust-build.yaml 169.254.169.254:80\n  sbx explain ci.yaml ntp.example.net:123/udp"
+    )]
+    Explain {
+        /// The policy file.
+        #[arg(value_name = "POLICY")]
+        policy: PathBuf,
+
+        /// The destination: NAME or ADDRESS, with optional :PORT and /PROTO.
+        #[arg(value_name = "DEST[:PORT][/PROTO]")]
+        dest: String,
+    },
+
+    /// Run the expectations kept beside policies (NAME.test.yaml).
+    #[command(
+        long_about = "Run the expectations kept beside policies, offline.\n\n\
+            NAME.test.yaml tests the policy NAME.yaml beside it (or the file its `policy` key \
+            names, relative to it) with two lists of destinations, written as `sbx explain` \
+            takes them: `allow` (each must be allowed, on every port and protocol it names) \
+            and `deny` (each must be denied entirely). PATHS are test files, policies (whose \
+            test file is run), or directories searched for test files. `sbx check` skips test \
+            files when it searches a directory.\n\n\
+            A failure is reported like a compiler error: the case, with its file:line:column, \
+            and the policy entry that decided. A policy found in a directory with no test file \
+            is a warning (an error with --deny-untested); base files, without a mode, are tested \
+            through the policies that extend them.\n\n\
+            Exit status: 0 when every case holds, 1 otherwise, 2 for a usage error.",
+        after_help = "Example (policies/github.test.yaml):\n\n  allow:\n    - github.com:443\n    - api.github.com:443\n  deny:\n    - gist.github.com:443\n    - 169.254.169.254:80\n\nExamples:\n  sbx test policies/\n  sbx test --deny-untested policies/\n  sbx test policies/github.yaml"
+    )]
+    Test {
+        /// Test files, policies, or directories to search.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+
+        /// Fail (exit 1) when a policy in a searched directory has no test file.
+        #[arg(long)]
+        deny_untested: bool,
     },
 
     /// Run a command under a policy.
@@ -437,6 +525,20 @@ pub fn main() -> ExitCode {
             },
             &mut stderr,
         ),
+        Command::Diff { git, paths, format } => {
+            diff(git.as_deref(), &paths, format, color, &mut stderr)
+        }
+        Command::Explain { policy, dest } => explain(&policy, &dest, &mut stderr),
+        Command::Test {
+            paths,
+            deny_untested,
+        } => review::test(&paths, &mut stderr).map(|o| {
+            if o.passed() && (!deny_untested || o.untested.is_empty()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }),
         Command::Gc { all } => gc(all, &mut stderr),
         Command::Doctor => {
             let (text, ok) = crate::doctor::report();
@@ -708,6 +810,81 @@ fn apply(
             }))
         }
     }
+}
+
+fn diff(
+    git: Option<&str>,
+    paths: &[PathBuf],
+    format: review::Format,
+    color: ColorChoice,
+    stderr: &mut StandardStream,
+) -> io::Result<ExitCode> {
+    const ERRORS: u8 = 2;
+    let diffs = match (git, paths) {
+        (Some(spec), _) => {
+            match review::diff_git(&std::env::current_dir()?, spec, paths, stderr)? {
+                Ok(diffs) => diffs,
+                Err(why) => {
+                    writeln!(stderr, "error: {why}")?;
+                    return Ok(ExitCode::from(ERRORS));
+                }
+            }
+        }
+        (None, [old, new]) => review::diff_files(old, new, stderr)?,
+        (None, _) => {
+            writeln!(
+                stderr,
+                "error: give two policy files (`sbx diff OLD NEW`), or `--git REV [PATHS]`"
+            )?;
+            return Ok(ExitCode::from(ERRORS));
+        }
+    };
+    let Some(diffs) = diffs else {
+        return Ok(ExitCode::from(ERRORS));
+    };
+    match format {
+        review::Format::Human => {
+            let color = if io::IsTerminal::is_terminal(&io::stdout()) {
+                color
+            } else if color == ColorChoice::Always {
+                ColorChoice::Always
+            } else {
+                ColorChoice::Never
+            };
+            let mut out = StandardStream::stdout(color);
+            review::render::human(&mut out, &diffs)?;
+        }
+        review::Format::Markdown => review::render::markdown(&mut io::stdout().lock(), &diffs)?,
+        review::Format::Json => review::render::json(&mut io::stdout().lock(), &diffs)?,
+    }
+    Ok(if diffs.iter().any(|d| d.widened) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn explain(
+    policy: &std::path::Path,
+    dest: &str,
+    stderr: &mut StandardStream,
+) -> io::Result<ExitCode> {
+    let query = match review::explain::Query::parse(dest) {
+        Ok(query) => query,
+        Err(why) => {
+            writeln!(stderr, "error: {why}")?;
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let Some(policy) = review::load_policy(policy, stderr)? else {
+        return Ok(ExitCode::from(2));
+    };
+    let explanation = review::explain::explain(&policy, &query);
+    print!("{}", review::explain::render(&explanation, &policy));
+    Ok(match explanation.verdict {
+        review::explain::Verdict::Allowed => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
 }
 
 /// sbx(1) and sbx-SUBCOMMAND(1) for each visible subcommand, into `dir`.

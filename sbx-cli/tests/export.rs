@@ -58,7 +58,7 @@ fn shipped_policies() -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(repo().join("policies"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| sbx::policy::is_policy_file(p))
         .collect();
     paths.push(repo().join("docs/examples/complete.yaml"));
     paths.sort();

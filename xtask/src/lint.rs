@@ -17,6 +17,7 @@ const RANKS: &[(&str, u8)] = &[
     ("check", 6),
     ("doctor", 6),
     ("export", 6),
+    ("review", 6),
     ("cli", 7),
 ];
 

@@ -138,6 +138,11 @@ fn test(root: &Path) -> Result<(), String> {
         "target/release/sbx",
         &["check", "--deny-warnings", "policies/"],
     )?;
+    run(
+        root,
+        "target/release/sbx",
+        &["test", "--deny-untested", "policies/"],
+    )?;
     cargo_test(root)
 }
 

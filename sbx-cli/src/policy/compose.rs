@@ -82,7 +82,12 @@ impl Loader {
     /// Loads `path` and what it extends, records every problem, runs the lints, and returns the
     /// composition unless `path` itself could not be read.
     pub fn compose(&mut self, path: &Path) -> Option<Composed> {
-        let display = path.display().to_string();
+        self.compose_as(path, path.display().to_string())
+    }
+
+    /// [`Loader::compose`], with `path` and the files it extends shown under `display` and
+    /// relative to it: a policy read out of a commit is shown by its path in the repository.
+    pub fn compose_as(&mut self, path: &Path, display: String) -> Option<Composed> {
         let canonical = match std::fs::canonicalize(path) {
             Ok(p) => p,
             Err(e) => {
@@ -127,7 +132,12 @@ impl Loader {
 
     /// Loads and composes `path` for use: a mode is required and no file may have an error.
     pub fn load(&mut self, path: &Path) -> Option<Policy> {
-        let composed = self.compose(path)?;
+        self.load_as(path, path.display().to_string())
+    }
+
+    /// [`Loader::load`], shown as [`Loader::compose_as`] shows it.
+    pub fn load_as(&mut self, path: &Path, display: String) -> Option<Policy> {
+        let composed = self.compose_as(path, display)?;
         if composed.mode.is_none() && !self.has_errors_in(composed.file) {
             self.push(missing_mode(&composed));
         }

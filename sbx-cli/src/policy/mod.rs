@@ -142,3 +142,25 @@ pub struct Policy {
     /// Every file that went into the policy, extended files first.
     pub files: Vec<Arc<str>>,
 }
+
+fn is_yaml(path: &std::path::Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
+}
+
+/// `NAME.test.yaml` (or `.yml`): the expectations `sbx test` checks a policy against.
+pub fn is_policy_test(path: &std::path::Path) -> bool {
+    is_yaml(path)
+        && path.file_stem().is_some_and(|stem| {
+            std::path::Path::new(stem)
+                .extension()
+                .is_some_and(|e| e == "test")
+        })
+}
+
+/// A file that a directory search takes for a policy: YAML, and not a policy test.
+pub fn is_policy_file(path: &std::path::Path) -> bool {
+    is_yaml(path) && !is_policy_test(path)
+}
