@@ -439,3 +439,16 @@ fn bad_dns_settings() {
         "ignore",
     );
 }
+
+/// A wildcard in `deny` is enforced by the DNS service, which `mode: open` does not run: refused
+/// rather than ignored. Names and addresses in `deny` stay valid there.
+#[test]
+fn deny_wildcard_in_open_mode() {
+    rejects(
+        "version: 1\nnetwork:\n  mode: open\n  deny:\n    - 10.0.0.0/8\n    - \"*.evil.test\"\n    - evil.test\n",
+        "deny-wildcard-in-open",
+        6,
+        7,
+        "*.evil.test",
+    );
+}

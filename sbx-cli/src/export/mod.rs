@@ -416,17 +416,10 @@ fn deny_name(
         );
         return Some(Vec::new());
     }
-    if let Target::Wildcard(suffix) = target {
-        if !allowlist {
-            out.warn(at_rule(
-                Diagnostic::warning(
-                    "deny-wildcard-no-effect",
-                    format!("`*.{suffix}` denies nothing in mode open, in sbx as here: names are only filtered by sbx's DNS gate, in allowlist mode"),
-                ),
-                rule,
-            ));
-        }
-        // allowlist: no allowed name falls under it, so neither sbx nor the engine answers one.
+    if let Target::Wildcard(_) = target {
+        // `mode: open` refuses a deny wildcard (policy composition); in `none` nothing is
+        // reachable anyway; in allowlist mode no allowed name falls under it, so neither sbx
+        // nor the engine answers one.
         return Some(Vec::new());
     }
     if let Some(nets) = resolved_nets(rule, false, out) {

@@ -262,7 +262,36 @@ impl Loader {
     }
 
     /// `allow` only means something in allowlist mode; elsewhere it would be silently ignored.
+    /// A wildcard in `deny` is enforced by sbx's DNS service, which `mode: open` does not run:
+    /// refused there rather than ignored.
     fn check_mode(&mut self, composed: &Composed) {
+        if let Some(mode) = composed.mode.as_ref().filter(|m| m.value == Mode::Open) {
+            let wildcard = composed
+                .deny
+                .iter()
+                .find(|r| matches!(r.entry.target, super::entry::Target::Wildcard(_)));
+            if let Some(rule) = wildcard {
+                let d = Diagnostic::error(
+                    "deny-wildcard-in-open",
+                    format!(
+                        "`{}` would deny nothing in `mode: open`: wildcards are enforced by sbx's \
+                         DNS service, which only `mode: allowlist` runs",
+                        rule.entry
+                    ),
+                )
+                .at(rule.origin.file, rule.origin.span)
+                .related(
+                    mode.origin.file,
+                    mode.origin.span,
+                    "mode set to `open` here",
+                )
+                .help(
+                    "set `mode: allowlist` and list what the command may reach, or deny the \
+                     names (resolved when the sandbox starts) or addresses you mean",
+                );
+                self.push(d);
+            }
+        }
         let (Some(mode), Some(first)) = (&composed.mode, composed.allow.first()) else {
             return;
         };

@@ -188,18 +188,6 @@ pub fn explain(policy: &Policy, query: &Query) -> Explanation {
         (Dest::Name(_), Mode::Allowlist) => deny.iter().find(|r| r.entry.target.is_name()),
         _ => None,
     };
-    if mode == Mode::Open && matches!(dest, Dest::Name(_)) {
-        for rule in deny
-            .iter()
-            .filter(|r| matches!(r.entry.target, Target::Wildcard(_)))
-        {
-            notes.push(format!(
-                "`{}` ({}) matches this name, but a wildcard in `deny` is enforced by sbx's DNS \
-                 service, which runs in allowlist mode only: in open mode it denies nothing",
-                rule.entry, rule.origin
-            ));
-        }
-    }
     let admitted = match mode {
         Mode::None => Access::default(),
         Mode::Allowlist => allow
