@@ -1256,20 +1256,7 @@ fn assert_no_map_entries() {
         .lines()
         .find(|l| l.contains("entries in the maps"))
         .unwrap_or_else(|| panic!("{report}"));
-    for map in [
-        "POLICIES",
-        "RULE_SETS",
-        "ALLOW4",
-        "DENY4",
-        "ALLOW6",
-        "DENY6",
-        "TABLES",
-        "CHUNKS4",
-        "CHUNKS6",
-        "PEERS",
-        "ANSWERED4",
-        "ANSWERED6",
-    ] {
+    for map in sbx_common::SANDBOX_MAPS {
         assert!(
             line.contains(&format!("{map} 0")),
             "{map} kept entries: {line}"

@@ -215,6 +215,43 @@ pub struct PeerKey {
 /// that has seen replies for 120 s by default; the nftables backend follows conntrack).
 pub const PEER_TTL_NS: u64 = 120 * 1_000_000_000;
 
+/// The names of the programs' maps (their statics in sbx-ebpf). sbx pins each of them, and
+/// refuses an object whose maps are not exactly these.
+pub const MAPS: [&str; 15] = [
+    "ANSWERED4",
+    "ANSWERED6",
+    "POLICIES",
+    "RULE_SETS",
+    "ALLOW4",
+    "DENY4",
+    "ALLOW6",
+    "DENY6",
+    "TABLES",
+    "CHUNKS4",
+    "CHUNKS6",
+    "PEERS",
+    "OWNERS",
+    "HELD",
+    "EVENTS",
+];
+
+/// The maps whose entries sbx writes under a sandbox's cgroup id, and removes when the sandbox
+/// ends (the others: socket-local storage, which goes with the sockets, and the event ring).
+pub const SANDBOX_MAPS: [&str; 12] = [
+    "POLICIES",
+    "RULE_SETS",
+    "ALLOW4",
+    "DENY4",
+    "ALLOW6",
+    "DENY6",
+    "TABLES",
+    "CHUNKS4",
+    "CHUNKS6",
+    "PEERS",
+    "ANSWERED4",
+    "ANSWERED6",
+];
+
 /// The hook that refused something.
 pub const HOOK_CONNECT4: u8 = 1;
 pub const HOOK_CONNECT6: u8 = 2;

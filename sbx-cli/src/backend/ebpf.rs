@@ -53,23 +53,7 @@ const SKB_PROGRAMS: [(&str, AttachType); 2] = [
 pub const PROGRAMS: usize = SOCK_ADDR_PROGRAMS.len() + SOCK_PROGRAMS.len() + SKB_PROGRAMS.len();
 /// The maps sbx pins, each of a fixed maximum size (`OWNERS` and `HELD` are socket-local
 /// storage: their entries live and die with the sockets of sandboxes).
-pub const MAPS: [&str; 15] = [
-    "ANSWERED4",
-    "ANSWERED6",
-    "POLICIES",
-    "RULE_SETS",
-    "ALLOW4",
-    "DENY4",
-    "ALLOW6",
-    "DENY6",
-    "TABLES",
-    "CHUNKS4",
-    "CHUNKS6",
-    "PEERS",
-    "OWNERS",
-    "HELD",
-    "EVENTS",
-];
+pub use sbx_common::MAPS;
 
 /// The bpffs where sbx pins its programs and maps.
 pub fn bpf_dir() -> PathBuf {
@@ -160,6 +144,18 @@ fn ensure_loaded() -> Result<(), SysError> {
     load_and_pin!(CgroupSockAddr, SOCK_ADDR_PROGRAMS);
     load_and_pin!(CgroupSock, SOCK_PROGRAMS);
     load_and_pin!(CgroupSkb, SKB_PROGRAMS);
+    // One list of names (sbx-common) for the programs, the loader and the tests: an object
+    // whose maps differ would leave some unpinned or missing.
+    let mut found: Vec<&str> = ebpf.maps().map(|(name, _)| name).collect();
+    let mut listed = MAPS.to_vec();
+    found.sort_unstable();
+    listed.sort_unstable();
+    if found != listed {
+        return Err(SysError::new(
+            "load sbx's eBPF programs",
+            format!("the object's maps {found:?} are not sbx_common::MAPS {listed:?}"),
+        ));
+    }
     for name in MAPS {
         ebpf.map(name)
             .ok_or_else(|| SysError::new(format!("find map {name}"), "missing from the object"))?
