@@ -74,6 +74,9 @@ pub struct SetupError(pub String);
 pub struct Resolver {
     inner: TokioResolver,
     servers: Vec<SocketAddr>,
+    /// Kept to build [`Resolver::fresh`].
+    config: ResolverConfig,
+    options: ResolverOpts,
 }
 
 impl Resolver {
@@ -112,14 +115,39 @@ impl Resolver {
         options.max_active_requests = 2 * NAMES_IN_FLIGHT;
         options.preserve_intermediates = true;
         options.cache_size = 0;
+        Resolver::build(servers, config, options)
+    }
+
+    fn build(
+        servers: Vec<SocketAddr>,
+        config: ResolverConfig,
+        options: ResolverOpts,
+    ) -> Result<Resolver, SetupError> {
         let inner = hickory_resolver::Resolver::builder_with_config(
-            config,
+            config.clone(),
             TokioRuntimeProvider::default(),
         )
-        .with_options(options)
+        .with_options(options.clone())
         .build()
         .map_err(|e| SetupError(format!("cannot set up the resolver: {e}")))?;
-        Ok(Resolver { inner, servers })
+        Ok(Resolver {
+            inner,
+            servers,
+            config,
+            options,
+        })
+    }
+
+    /// The same servers and settings, without this resolver's connections. A connection's task
+    /// runs on the runtime that opened it: once that runtime is gone, a query handed to the
+    /// connection is refused as "busy", and hickory waits 20 ms before it opens another. A
+    /// resolver that moves to another runtime (the plan's to the DNS service's) starts afresh.
+    pub fn fresh(&self) -> Result<Resolver, SetupError> {
+        Resolver::build(
+            self.servers.clone(),
+            self.config.clone(),
+            self.options.clone(),
+        )
     }
 
     /// The servers queried, in order.

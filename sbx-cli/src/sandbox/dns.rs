@@ -123,12 +123,19 @@ pub struct DnsService {
 
 impl DnsService {
     /// Binds UDP and TCP on `at` (port 0: one the kernel chooses, the same for both) and serves
-    /// on a thread of its own. Returns the service and where it listens.
+    /// on a thread of its own, asking the servers of `resolver` (with none of its connections,
+    /// which belong to the runtime that resolved the plan). Returns the service and where it
+    /// listens.
     pub fn start(
         at: SocketAddr,
         names: Names,
-        resolver: Arc<Resolver>,
+        resolver: &Resolver,
     ) -> Result<(DnsService, SocketAddr), SysError> {
+        let resolver = Arc::new(
+            resolver
+                .fresh()
+                .map_err(|e| SysError::new("set up the DNS service's resolver", e.0))?,
+        );
         let (udp, tcp) = bind_pair(at)?;
         let addr = udp
             .local_addr()
