@@ -174,9 +174,11 @@ impl Resolver {
     }
 
     /// A and AAAA for one name, queried at the same time. The name has an answer when one of
-    /// the two has addresses and the other has addresses or none (NODATA); any other failure of
-    /// either query is the name's failure, since a half-answered name would be enforced with
-    /// half its addresses.
+    /// the two has addresses and the other has addresses or none (NODATA, or NXDOMAIN: with
+    /// the other type answered, the name exists, and servers such as dnsmasq with `--local`
+    /// answer NXDOMAIN for the type they hold nothing of); any other failure of either query is
+    /// the name's failure, since a half-answered name would be enforced with half its
+    /// addresses.
     pub async fn resolve(&self, name: &str) -> Result<Answer, Failure> {
         if let Some(answer) = localhost(name) {
             return Ok(answer);
@@ -197,15 +199,16 @@ impl Resolver {
                 Err(e) => failures.push(classify(&e)),
             }
         }
-        if let Some(failure) = failures
-            .iter()
-            .find(|f| !matches!(f, Failure::NoAddresses))
-            .or(failures.first().filter(|_| answer.addresses.is_empty()))
-        {
+        let answered = !answer.addresses.is_empty();
+        if let Some(failure) = failures.iter().find(|f| match f {
+            Failure::NoAddresses => false,
+            Failure::NxDomain => !answered,
+            _ => true,
+        }) {
             return Err(failure.clone());
         }
-        if answer.addresses.is_empty() {
-            return Err(Failure::NoAddresses);
+        if !answered {
+            return Err(failures.first().cloned().unwrap_or(Failure::NoAddresses));
         }
         answer.addresses.sort();
         answer.addresses.dedup_by_key(|a| a.ip);

@@ -7,8 +7,9 @@ mod common;
 use std::process::{Command, Output};
 
 use common::Dir;
-use common::dns::{DnsServer, Zone};
+use common::dns::{Behaviour, DnsServer, Zone};
 use common::testnet::{TestHost, exclusive};
+use hickory_resolver::proto::rr::RecordType;
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -73,4 +74,45 @@ fn the_first_answer_does_not_wait_on_the_start_up_resolution(backend: &str) {
     );
 }
 
-crate::on_both_backends!(the_first_answer_does_not_wait_on_the_start_up_resolution,);
+/// in the sandbox for glibc and Python.
+fn a_name_whose_aaaa_is_nxdomain_resolves(backend: &str) {
+    require_root();
+    let _guard = exclusive();
+    let host = TestHost::start(&["tcp:8080"]);
+    let v4only = Behaviour::NxDomainFor(
+        RecordType::AAAA,
+        Box::new(Behaviour::Addrs {
+            addrs: vec![host.v4.parse().unwrap()],
+            ttl: 300,
+        }),
+    );
+    let dns = DnsServer::start(Zone::new().with("v4only.c.test", v4only));
+    let dir = Dir::new();
+    let policy = policy(&dir, "\"v4only.c.test:8080\"", &dns, "");
+    let plan = common::sbx(&["plan", "p.yaml"], dir.path());
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    assert!(
+        String::from_utf8_lossy(&plan.stdout).contains(&host.v4),
+        "{}",
+        text(&plan)
+    );
+    let out = sbx_sh(
+        backend,
+        &policy,
+        "getent ahostsv4 v4only.c.test | head -1; \
+         python3 -c \"import socket; print(sorted({a[4][0] for a in socket.getaddrinfo('v4only.c.test', 8080)}))\"",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout.starts_with(&format!("{} ", host.v4))
+            && stdout.ends_with(&format!("['{}']\n", host.v4)),
+        "{}",
+        text(&out)
+    );
+}
+
+crate::on_both_backends!(
+    the_first_answer_does_not_wait_on_the_start_up_resolution,
+    a_name_whose_aaaa_is_nxdomain_resolves,
+);
