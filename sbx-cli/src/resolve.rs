@@ -74,6 +74,9 @@ pub struct SetupError(pub String);
 pub struct Resolver {
     inner: TokioResolver,
     servers: Vec<SocketAddr>,
+    /// Kept to build [`Resolver::fresh`].
+    config: ResolverConfig,
+    options: ResolverOpts,
 }
 
 impl Resolver {
@@ -112,14 +115,39 @@ impl Resolver {
         options.max_active_requests = 2 * NAMES_IN_FLIGHT;
         options.preserve_intermediates = true;
         options.cache_size = 0;
+        Resolver::build(servers, config, options)
+    }
+
+    fn build(
+        servers: Vec<SocketAddr>,
+        config: ResolverConfig,
+        options: ResolverOpts,
+    ) -> Result<Resolver, SetupError> {
         let inner = hickory_resolver::Resolver::builder_with_config(
-            config,
+            config.clone(),
             TokioRuntimeProvider::default(),
         )
-        .with_options(options)
+        .with_options(options.clone())
         .build()
         .map_err(|e| SetupError(format!("cannot set up the resolver: {e}")))?;
-        Ok(Resolver { inner, servers })
+        Ok(Resolver {
+            inner,
+            servers,
+            config,
+            options,
+        })
+    }
+
+    /// The same servers and settings, without this resolver's connections. A connection's task
+    /// runs on the runtime that opened it: once that runtime is gone, a query handed to the
+    /// connection is refused as "busy", and hickory waits 20 ms before it opens another. A
+    /// resolver that moves to another runtime (the plan's to the DNS service's) starts afresh.
+    pub fn fresh(&self) -> Result<Resolver, SetupError> {
+        Resolver::build(
+            self.servers.clone(),
+            self.config.clone(),
+            self.options.clone(),
+        )
     }
 
     /// The servers queried, in order.
@@ -146,9 +174,11 @@ impl Resolver {
     }
 
     /// A and AAAA for one name, queried at the same time. The name has an answer when one of
-    /// the two has addresses and the other has addresses or none (NODATA); any other failure of
-    /// either query is the name's failure, since a half-answered name would be enforced with
-    /// half its addresses.
+    /// the two has addresses and the other has addresses or none (NODATA, or NXDOMAIN: with
+    /// the other type answered, the name exists, and servers such as dnsmasq with `--local`
+    /// answer NXDOMAIN for the type they hold nothing of); any other failure of either query is
+    /// the name's failure, since a half-answered name would be enforced with half its
+    /// addresses.
     pub async fn resolve(&self, name: &str) -> Result<Answer, Failure> {
         if let Some(answer) = localhost(name) {
             return Ok(answer);
@@ -169,15 +199,16 @@ impl Resolver {
                 Err(e) => failures.push(classify(&e)),
             }
         }
-        if let Some(failure) = failures
-            .iter()
-            .find(|f| !matches!(f, Failure::NoAddresses))
-            .or(failures.first().filter(|_| answer.addresses.is_empty()))
-        {
+        let answered = !answer.addresses.is_empty();
+        if let Some(failure) = failures.iter().find(|f| match f {
+            Failure::NoAddresses => false,
+            Failure::NxDomain => !answered,
+            _ => true,
+        }) {
             return Err(failure.clone());
         }
-        if answer.addresses.is_empty() {
-            return Err(Failure::NoAddresses);
+        if !answered {
+            return Err(failures.first().cloned().unwrap_or(Failure::NoAddresses));
         }
         answer.addresses.sort();
         answer.addresses.dedup_by_key(|a| a.ip);

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_resolver::proto::rr::{DNSClass, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
@@ -23,6 +23,11 @@ use crate::sys::{Step, SysError};
 
 /// Admissions last at most this long, whatever the TTL says (resolvers cap TTLs at a day too).
 const LONGEST_ADMISSION: Duration = Duration::from_secs(24 * 3600);
+
+/// The largest UDP reply the service sends, whatever size the client offers: the size DNS
+/// software agreed on (DNS Flag Day 2020) as one that crosses common paths unfragmented. A
+/// larger answer is truncated, and the client asks again over TCP.
+const UDP_PAYLOAD: u16 = 1232;
 
 /// At most this many addresses per name are admitted while a sandbox runs: a hostile answer
 /// stream cannot grow the backend's sets without bound.
@@ -123,12 +128,19 @@ pub struct DnsService {
 
 impl DnsService {
     /// Binds UDP and TCP on `at` (port 0: one the kernel chooses, the same for both) and serves
-    /// on a thread of its own. Returns the service and where it listens.
+    /// on a thread of its own, asking the servers of `resolver` (with none of its connections,
+    /// which belong to the runtime that resolved the plan). Returns the service and where it
+    /// listens.
     pub fn start(
         at: SocketAddr,
         names: Names,
-        resolver: Arc<Resolver>,
+        resolver: &Resolver,
     ) -> Result<(DnsService, SocketAddr), SysError> {
+        let resolver = Arc::new(
+            resolver
+                .fresh()
+                .map_err(|e| SysError::new("set up the DNS service's resolver", e.0))?,
+        );
         let (udp, tcp) = bind_pair(at)?;
         let addr = udp
             .local_addr()
@@ -225,7 +237,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, names: Arc<Names>, resolver: Arc<Reso
         let query = buf[..len].to_vec();
         let (socket, names, resolver) = (socket.clone(), names.clone(), resolver.clone());
         tokio::spawn(async move {
-            if let Some(reply) = answer(&query, &names, &resolver, 512).await {
+            if let Some(reply) = answer(&query, &names, &resolver, Transport::Udp).await {
                 let _ = socket.send_to(&reply, peer).await;
             }
         });
@@ -247,7 +259,7 @@ async fn serve_tcp(listener: TcpListener, names: Arc<Names>, resolver: Arc<Resol
                 if stream.read_exact(&mut query).await.is_err() {
                     return;
                 }
-                let Some(reply) = answer(&query, &names, &resolver, u16::MAX as usize).await else {
+                let Some(reply) = answer(&query, &names, &resolver, Transport::Tcp).await else {
                     return;
                 };
                 let Ok(len) = u16::try_from(reply.len()) else {
@@ -323,10 +335,22 @@ fn judge(question: &Query, names: &Names) -> Judged {
     }
 }
 
-/// The reply to one message, at most `limit` bytes (a UDP reply that does not fit is truncated,
-/// and the client retries over TCP); `None` for a message that gets no reply (unreadable, or not
-/// a query).
-async fn answer(query: &[u8], names: &Names, resolver: &Resolver, limit: usize) -> Option<Vec<u8>> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// The reply to one message, as a resolver would give it: the question as asked, EDNS when the
+/// query had it, and over UDP at most the size the client takes (a reply that does not fit is
+/// truncated, and the client asks again over TCP). `None` for a message that gets no reply
+/// (unreadable, or not a query).
+async fn answer(
+    query: &[u8],
+    names: &Names,
+    resolver: &Resolver,
+    transport: Transport,
+) -> Option<Vec<u8>> {
     let request = Message::from_vec(query).ok()?;
     // A response sent to the service is not answered: nothing to reflect back and forth.
     if request.metadata.message_type != MessageType::Query {
@@ -336,6 +360,21 @@ async fn answer(query: &[u8], names: &Names, resolver: &Resolver, limit: usize) 
     reply.metadata.recursion_desired = request.metadata.recursion_desired;
     reply.metadata.recursion_available = true;
     reply.add_queries(request.queries.iter().cloned());
+    let limit = match transport {
+        Transport::Udp => request.max_payload().min(UDP_PAYLOAD),
+        Transport::Tcp => u16::MAX,
+    };
+    // EDNS is answered with EDNS (RFC 6891, 7): clients take its absence for a server that
+    // does not speak it, and stay at 512 bytes. Only version 0 exists.
+    if let Some(edns) = &request.edns {
+        let mut ours = Edns::new();
+        ours.set_max_payload(UDP_PAYLOAD);
+        reply.set_edns(ours);
+        if edns.version() != 0 {
+            reply.metadata.response_code = ResponseCode::BADVERS;
+            return finish(reply, limit);
+        }
+    }
     if request.metadata.op_code != OpCode::Query {
         // NOTIFY, UPDATE, …: nothing of the kind is served, or forwarded.
         reply.metadata.response_code = ResponseCode::NotImp;
@@ -374,7 +413,12 @@ async fn answer(query: &[u8], names: &Names, resolver: &Resolver, limit: usize) 
                             }
                             _ => true,
                         };
-                        reply.add_answers(records.into_iter().filter(keep));
+                        reply.add_answers(
+                            records
+                                .into_iter()
+                                .filter(keep)
+                                .map(|r| as_asked(r, question)),
+                        );
                     }
                     Err(_) => reply.metadata.response_code = ResponseCode::ServFail,
                 }
@@ -387,10 +431,20 @@ async fn answer(query: &[u8], names: &Names, resolver: &Resolver, limit: usize) 
     finish(reply, limit)
 }
 
+/// `record` with its owner written as the question was, when it is the name asked: the upstream
+/// is asked the name in lower case (as judged), and clients that randomise the case of their
+/// questions (0x20) check that the answer repeats it.
+fn as_asked(mut record: Record, question: &Query) -> Record {
+    if record.name == *question.name() {
+        record.name = question.name().clone();
+    }
+    record
+}
+
 /// The reply's bytes, truncated (TC) when they exceed `limit`.
-fn finish(reply: Message, limit: usize) -> Option<Vec<u8>> {
+fn finish(reply: Message, limit: u16) -> Option<Vec<u8>> {
     let bytes = reply.to_vec().ok()?;
-    if bytes.len() <= limit {
+    if bytes.len() <= usize::from(limit) {
         return Some(bytes);
     }
     let mut truncated = reply.truncate();

@@ -192,12 +192,12 @@ fn run_in(
                 }
                 Ok(names)
             };
-            let started = match dns::DnsService::start(at, names()?, resolver.clone()) {
+            let started = match dns::DnsService::start(at, names()?, &resolver) {
                 // Something of the host's holds port 53 there: any port, and the backend
                 // redirects (eBPF rewrites every port-53 destination to the service).
                 Err(e) if at.ip().is_loopback() && at.port() == 53 => {
                     let fallback = SocketAddr::new(at.ip(), 0);
-                    dns::DnsService::start(fallback, names()?, resolver).map_err(|_| e)
+                    dns::DnsService::start(fallback, names()?, &resolver).map_err(|_| e)
                 }
                 other => other,
             };

@@ -43,6 +43,9 @@ pub enum Behaviour {
         addrs: Vec<IpAddr>,
         ttl: u32,
     },
+    /// NXDOMAIN for questions of this type, the inner behaviour for the others: what dnsmasq
+    /// with `--local` answers for a type it holds nothing of.
+    NxDomainFor(RecordType, Box<Behaviour>),
 }
 
 /// Names not in the zone get NXDOMAIN.
@@ -298,6 +301,11 @@ fn respond(shared: &Shared, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
                 break;
             }
             Behaviour::TcpOnly(inner) => inner.as_ref(),
+            Behaviour::NxDomainFor(record_type, _) if *record_type == qtype => {
+                reply.metadata.response_code = ResponseCode::NXDomain;
+                break;
+            }
+            Behaviour::NxDomainFor(_, inner) => inner.as_ref(),
             other => other,
         };
         match behaviour {
@@ -340,7 +348,7 @@ fn respond(shared: &Shared, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
                 }
                 break;
             }
-            Behaviour::TcpOnly(_) => unreachable!("unwrapped above"),
+            Behaviour::TcpOnly(_) | Behaviour::NxDomainFor(..) => unreachable!("unwrapped above"),
         }
     }
     // As real servers do: over UDP, an answer larger than the client takes is truncated (TC),
