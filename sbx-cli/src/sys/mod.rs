@@ -9,6 +9,7 @@ pub mod fd;
 pub mod file;
 pub mod landlock;
 pub mod mount;
+pub mod netlink;
 pub mod netns;
 pub mod seccomp;
 pub mod signal;

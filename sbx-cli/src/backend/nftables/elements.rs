@@ -9,14 +9,13 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use ipnet::IpNet;
 
 use super::ruleset::SetElements;
+use crate::sys::netlink::NetfilterSocket;
 use crate::sys::{Step, SysError};
 
-const NETLINK_NETFILTER: i32 = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
@@ -150,7 +149,7 @@ fn send(table: &str, set: &str, elements: &[Element]) -> io::Result<()> {
     if elements.is_empty() {
         return Ok(());
     }
-    let socket = Socket::open().map_err(|e| io::Error::other(e.to_string()))?;
+    let socket = NetfilterSocket::open().map_err(|e| io::Error::other(e.to_string()))?;
     let mut batch = Vec::new();
     let mut seq = 1;
     batch_marker(&mut batch, NFNL_MSG_BATCH_BEGIN, seq);
@@ -162,7 +161,7 @@ fn send(table: &str, set: &str, elements: &[Element]) -> io::Result<()> {
     batch_marker(&mut batch, NFNL_MSG_BATCH_END, seq);
     socket.send(&batch)?;
     // One acknowledgement per element message, each carrying its error (0 for none).
-    socket.acknowledgements(elements.len().div_ceil(ELEMENTS_PER_MESSAGE))
+    acknowledgements(&socket, elements.len().div_ceil(ELEMENTS_PER_MESSAGE))
 }
 
 fn push_u16(buf: &mut Vec<u8>, v: u16) {
@@ -277,115 +276,30 @@ fn new_set_elements(buf: &mut Vec<u8>, seq: u32, table: &str, set: &str, element
     finish_message(buf, start);
 }
 
-pub(super) struct Socket(OwnedFd);
-
-impl std::os::fd::AsFd for Socket {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        std::os::fd::AsFd::as_fd(&self.0)
-    }
-}
-
-impl Socket {
-    pub(super) fn open() -> Result<Socket, SysError> {
-        // SAFETY: plain socket(2); the descriptor is owned below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(SysError::new(
-                "open a netfilter netlink socket",
-                io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: `fd` is a fresh descriptor nothing else owns.
-        Ok(Socket(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    pub(super) fn send(&self, batch: &[u8]) -> io::Result<()> {
-        // The kernel takes the whole batch in one message; a large one needs a larger buffer.
-        let size = i32::try_from(batch.len() * 2).unwrap_or(i32::MAX);
-        // SAFETY: setsockopt with a valid int; failure just leaves the default size.
-        unsafe {
-            libc::setsockopt(
-                self.0.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUFFORCE,
-                (&size as *const i32).cast(),
-                std::mem::size_of::<i32>() as u32,
-            );
-        }
-        let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        address.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: the buffer and address are valid for the lengths given.
-        let sent = unsafe {
-            libc::sendto(
-                self.0.as_raw_fd(),
-                batch.as_ptr().cast(),
-                batch.len(),
-                0,
-                (&address as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        match sent {
-            n if n < 0 => Err(io::Error::last_os_error()),
-            n if n as usize != batch.len() => Err(io::Error::other("short write to netlink")),
-            _ => Ok(()),
-        }
-    }
-
-    /// One datagram (a batch of messages) if one is queued; `WouldBlock` when none is.
-    pub(super) fn receive_queued(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: reading into a buffer of the length given.
-        let n = unsafe {
-            libc::recv(
-                self.0.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
-
-    /// Reads `expected` acknowledgements; the first error among them is returned.
-    pub(super) fn acknowledgements(&self, expected: usize) -> io::Result<()> {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut seen = 0;
-        while seen < expected {
-            // SAFETY: reading into a buffer of the length given.
-            let n =
-                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
+/// Reads `expected` acknowledgements from `socket`; the first error among them is returned.
+pub(super) fn acknowledgements(socket: &NetfilterSocket, expected: usize) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut seen = 0;
+    while seen < expected {
+        let n = socket.receive(&mut buf)?.min(buf.len());
+        let mut at = 0;
+        while at + 16 <= n {
+            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+            let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().unwrap());
+            if len < 16 || at + len > n {
+                break;
             }
-            let mut at = 0;
-            let n = n as usize;
-            while at + 16 <= n {
-                let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
-                let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().unwrap());
-                if len < 16 || at + len > n {
-                    break;
+            if kind == libc::NLMSG_ERROR as u16 {
+                seen += 1;
+                let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().unwrap());
+                if code != 0 {
+                    return Err(io::Error::from_raw_os_error(-code));
                 }
-                if kind == libc::NLMSG_ERROR as u16 {
-                    seen += 1;
-                    let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().unwrap());
-                    if code != 0 {
-                        return Err(io::Error::from_raw_os_error(-code));
-                    }
-                }
-                at += (len + 3) & !3;
             }
+            at += (len + 3) & !3;
         }
-        Ok(())
     }
+    Ok(())
 }
 
 #[cfg(test)]

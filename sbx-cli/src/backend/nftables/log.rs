@@ -11,8 +11,9 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use super::elements::{Socket, attribute, finish_message, start_message};
+use super::elements::{acknowledgements, attribute, finish_message, start_message};
 use crate::backend::Denial;
+use crate::sys::netlink::NetfilterSocket;
 use crate::sys::{Step, SysError};
 
 const NFNL_SUBSYS_ULOG: u16 = 4;
@@ -48,7 +49,7 @@ pub struct DenialLog {
 impl DenialLog {
     /// Binds `group` (one message per packet, its first bytes copied) and starts reading.
     pub fn start(group: u16) -> Result<DenialLog, SysError> {
-        let socket = Socket::open()?;
+        let socket = NetfilterSocket::open()?;
         let mut config = Vec::new();
         let mut seq = 0;
         let mut message = |payload: &dyn Fn(&mut Vec<u8>)| {
@@ -74,7 +75,7 @@ impl DenialLog {
         });
         socket
             .send(&config)
-            .and_then(|()| socket.acknowledgements(2))
+            .and_then(|()| acknowledgements(&socket, 2))
             .step(|| format!("listen to NFLOG group {group} for the sandbox's denials"))?;
         let (stopped, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .step(|| "create the denial log's pipe".into())?;
@@ -93,7 +94,7 @@ impl DenialLog {
 }
 
 /// Reads until `stopped` reports its other end closed, then what is still queued.
-fn read(socket: &Socket, stopped: &OwnedFd) -> Vec<Denial> {
+fn read(socket: &NetfilterSocket, stopped: &OwnedFd) -> Vec<Denial> {
     let mut denials = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
