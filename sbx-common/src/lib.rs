@@ -278,6 +278,19 @@ pub struct DenyEvent {
 }
 
 #[cfg(feature = "user")]
+impl DenyEvent {
+    /// The event at the start of `bytes` (as the ring buffer or a spool file holds it), if
+    /// `bytes` holds a whole one.
+    pub fn read(bytes: &[u8]) -> Option<DenyEvent> {
+        (bytes.len() >= core::mem::size_of::<DenyEvent>()).then(|| {
+            // SAFETY: `bytes` holds at least one DenyEvent's bytes, read unaligned; DenyEvent is
+            // plain data, valid for any bit pattern (see the `Pod` implementations below).
+            unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<DenyEvent>()) }
+        })
+    }
+}
+
+#[cfg(feature = "user")]
 mod user {
     use super::*;
 

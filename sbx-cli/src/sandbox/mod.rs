@@ -257,9 +257,12 @@ fn run_in(
         }
         Ok(())
     };
-    let child_pid =
+    // SAFETY: `pre_exec` makes system calls only (setns, unshare, prctl, getppid) on values
+    // computed before the clone: nothing allocates or locks in the child.
+    let child_pid = unsafe {
         crate::sys::spawn::spawn("/proc/self/exe".as_ref(), &args, cgroup, &mut pre_exec)
-            .map_err(|e| SysError::new("start the sandbox (sbx __init)", e))?;
+    }
+    .map_err(|e| SysError::new("start the sandbox (sbx __init)", e))?;
     std::thread::Builder::new()
         .name("sbx-signals".into())
         .spawn(move || forward_signals(child_pid))

@@ -161,27 +161,56 @@ fn batch(
     }
 }
 
-/// Writes `values[i]` under `keys[i]` into `map`, in order (the map's key and value types).
-pub fn map_update_batch<K: aya::Pod, V: aya::Pod>(
-    map: BorrowedFd<'_>,
-    keys: &[K],
-    values: &[V],
-) -> Outcome {
+/// A map whose key and value types are known: batch calls take keys and values of exactly
+/// those types, so the kernel reads whole entries of the sizes it expects.
+pub trait TypedMap {
+    type Key: aya::Pod;
+    type Value: aya::Pod;
+    fn data(&self) -> &aya::maps::MapData;
+}
+
+impl<K: aya::Pod, V: aya::Pod> TypedMap for aya::maps::HashMap<aya::maps::MapData, K, V> {
+    type Key = K;
+    type Value = V;
+    fn data(&self) -> &aya::maps::MapData {
+        aya::maps::IterableMap::map(self)
+    }
+}
+
+impl<K: aya::Pod, V: aya::Pod> TypedMap for aya::maps::LpmTrie<aya::maps::MapData, K, V> {
+    type Key = aya::maps::lpm_trie::Key<K>;
+    type Value = V;
+    fn data(&self) -> &aya::maps::MapData {
+        aya::maps::IterableMap::map(self)
+    }
+}
+
+/// Writes `values[i]` under `keys[i]` into `map`, in order: one system call for a whole
+/// policy's entries instead of one per entry.
+pub fn update_batch<M: TypedMap>(map: &M, keys: &[M::Key], values: &[M::Value]) -> Outcome {
     assert_eq!(keys.len(), values.len(), "a value for every key");
+    use std::os::fd::AsFd as _;
     batch(
         BPF_MAP_UPDATE_BATCH,
-        map,
+        map.data().fd().as_fd(),
         keys.as_ptr().cast(),
         values.as_ptr().cast(),
         keys.len(),
     )
 }
 
+/// Writes `entries` into `map`, in order.
+pub fn update_entries<M: TypedMap>(map: &M, entries: &[(M::Key, M::Value)]) -> Outcome {
+    let (keys, values): (Vec<M::Key>, Vec<M::Value>) = entries.iter().copied().unzip();
+    update_batch(map, &keys, &values)
+}
+
 /// Removes `keys` from `map`; stops at the first that is not there.
-pub fn map_delete_batch<K: aya::Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
+pub fn delete_batch<M: TypedMap>(map: &M, keys: &[M::Key]) -> io::Result<()> {
+    use std::os::fd::AsFd as _;
     batch(
         BPF_MAP_DELETE_BATCH,
-        map,
+        map.data().fd().as_fd(),
         keys.as_ptr().cast(),
         std::ptr::null(),
         keys.len(),

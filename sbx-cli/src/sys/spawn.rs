@@ -28,7 +28,13 @@ pub type PreExec<'a> = &'a mut dyn FnMut() -> Result<(), nix::errno::Errno>;
 /// and SIGPIPE back to its default. With `cgroup` (an open cgroup v2 directory) the process
 /// starts in that cgroup. Returns once `program` has been executed, or with the errno of the
 /// step that failed.
-pub fn spawn(
+///
+/// # Safety
+///
+/// `pre_exec` runs in the child, a copy of this process with only the calling thread: it must
+/// be async-signal-safe (no allocation, no locks another thread may have held; system calls
+/// only), as std's `CommandExt::pre_exec` requires.
+pub unsafe fn spawn(
     program: &OsStr,
     args: &[&OsStr],
     cgroup: Option<BorrowedFd<'_>>,

@@ -2,16 +2,16 @@
 //! tries, single addresses in sorted tables.
 
 use aya::maps::lpm_trie::Key;
-use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData};
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use ipnet::IpNet;
 use sbx_common::{
     Addr4Key, Addr6Key, Chunk, ChunkKey, MAX_CHUNKS, MAX_PORT_RANGES, MAX_RULE_SETS, PROTO_ANY,
     PROTO_TCP, PROTO_UDP, RuleSet,
 };
 
-use super::batch;
 use crate::plan::RuleSet as PlanRuleSet;
 use crate::policy::{Ports, Protocol};
+use crate::sys::bpf;
 
 /// The rule sets of one verdict as the programs read them: descriptors (protocol, at most
 /// [`MAX_PORT_RANGES`] ranges), the bits of the descriptors of each rule set of the Plan, and
@@ -169,7 +169,7 @@ where
             index: index as u32,
         });
     }
-    let outcome = batch::update_pairs(map.map(), &keys, &chunks);
+    let outcome = bpf::update_batch(map, &keys, &chunks);
     written.extend_from_slice(&keys[..outcome.done]);
     match outcome.error {
         Some(e) if e.raw_os_error() != Some(libc::E2BIG) => Err(e),

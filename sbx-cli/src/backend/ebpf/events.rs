@@ -57,12 +57,9 @@ pub(super) fn drain(cgroup: u64, mine: &mut Vec<DenyEventRecord>) -> Result<(), 
     let mut ring: aya::maps::RingBuf<MapData> = map.try_into().step(|| "map EVENTS".into())?;
     let mut others: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     while let Some(item) = ring.next() {
-        if item.len() < EVENT_SIZE {
+        let Some(event) = sbx_common::DenyEvent::read(&item) else {
             continue;
-        }
-        // SAFETY: the programs write whole DenyEvents; read unaligned from the ring's bytes.
-        let event =
-            unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<sbx_common::DenyEvent>()) };
+        };
         if event.cgroup == cgroup {
             mine.push(DenyEventRecord(event));
         } else {
@@ -96,10 +93,7 @@ pub(super) fn drain(cgroup: u64, mine: &mut Vec<DenyEventRecord>) -> Result<(), 
     let spool = events_dir().join(cgroup.to_string());
     if let Ok(bytes) = std::fs::read(&spool) {
         for chunk in bytes.chunks_exact(EVENT_SIZE) {
-            // SAFETY: the spool holds whole DenyEvents, as written above.
-            let event =
-                unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<sbx_common::DenyEvent>()) };
-            mine.push(DenyEventRecord(event));
+            mine.extend(sbx_common::DenyEvent::read(chunk).map(DenyEventRecord));
         }
         let _ = std::fs::remove_file(&spool);
     }

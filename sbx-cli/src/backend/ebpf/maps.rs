@@ -1,15 +1,15 @@
 //! The pinned maps, opened and typed, and removing a sandbox's entries from them.
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap as BpfHashMap, IterableMap as _, Map, MapData};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use sbx_common::{
     Addr4Key, Addr6Key, Answered, Chunk4, Chunk6, ChunkKey, PeerKey, Policy, RuleSets, Table,
     VerdictKey,
 };
 
 use super::Written;
-use super::batch;
 use super::pins::pinned_map;
+use crate::sys::bpf;
 use crate::sys::{Step, SysError};
 
 /// The maps of sbx's programs, opened from their pins.
@@ -79,14 +79,14 @@ impl Maps {
             let _ = self.rule_sets.remove(key);
         }
         for (trie, keys) in [&self.allow4, &self.deny4].into_iter().zip(&written.v4) {
-            let _ = batch::delete(trie.map(), keys);
+            let _ = bpf::delete_batch(trie, keys);
         }
         for (trie, keys) in [&self.allow6, &self.deny6].into_iter().zip(&written.v6) {
-            let _ = batch::delete(trie.map(), keys);
+            let _ = bpf::delete_batch(trie, keys);
         }
-        let _ = batch::delete(self.tables.map(), &written.tables);
-        let _ = batch::delete(self.chunks4.map(), &written.chunks4);
-        let _ = batch::delete(self.chunks6.map(), &written.chunks6);
+        let _ = bpf::delete_batch(&self.tables, &written.tables);
+        let _ = bpf::delete_batch(&self.chunks4, &written.chunks4);
+        let _ = bpf::delete_batch(&self.chunks6, &written.chunks6);
         // The peers its UDP sockets sent to: written by the programs, not known in advance.
         remove_where!(self.peers, PeerKey, |k: &PeerKey| k.cgroup == cgroup);
         // What the DNS gate admitted.

@@ -16,7 +16,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use aya::maps::IterableMap as _;
 use aya::maps::lpm_trie::Key;
 use ipnet::IpNet;
 use sbx_common::{
@@ -33,7 +32,6 @@ use crate::sys::bpf;
 use crate::sys::{Step, SysError, cgroup};
 
 mod admit;
-mod batch;
 mod encode;
 mod events;
 mod maps;
@@ -346,10 +344,10 @@ impl Live {
             let slot = verdict as usize;
             self.written.v4[slot] = in_trie4.iter().map(|(k, _)| *k).collect();
             self.written.v6[slot] = in_trie6.iter().map(|(k, _)| *k).collect();
-            batch::update(trie4.map(), &in_trie4)
+            bpf::update_entries(trie4, &in_trie4)
                 .ok()
                 .step(|| "write the IPv4 address entries".into())?;
-            batch::update(trie6.map(), &in_trie6)
+            bpf::update_entries(trie6, &in_trie6)
                 .ok()
                 .step(|| "write the IPv6 address entries".into())?;
         }
