@@ -602,8 +602,6 @@ fn drop_in_background<T: Send + 'static>(value: T) {
     }
 }
 
-/// Loads, composes and plans a policy, reporting every problem on stderr. `None` when it fails.
-#[allow(clippy::type_complexity)]
 /// The last line when a policy gives no plan, as `sbx check` ends with its counts.
 fn no_plan_summary(
     stderr: &mut StandardStream,
@@ -620,42 +618,24 @@ fn no_plan_summary(
     )
 }
 
+/// Loads, composes and plans a policy (`plan::load`), reporting every problem on stderr.
+/// `None` when it fails.
 fn load_plan(
     path: &std::path::Path,
     stderr: &mut StandardStream,
 ) -> io::Result<Option<(plan::Plan, std::sync::Arc<resolve::Resolver>)>> {
-    let mut loader = Loader::new();
-    let policy = loader.load(path);
-    let mut diagnostics: Vec<Diagnostic> = loader.diagnostics().to_vec();
-    let Some(policy) = policy else {
-        diag::render_human(stderr, &loader.sources, &diagnostics)?;
-        no_plan_summary(stderr, path, &diagnostics)?;
+    let loaded = plan::load(path)?;
+    if let Some(why) = &loaded.setup_error {
+        writeln!(stderr, "error: {why}")?;
+        return Ok(None);
+    }
+    diag::render_human(stderr, &loaded.loader.sources, &loaded.diagnostics)?;
+    let Some(built) = loaded.built else {
+        no_plan_summary(stderr, path, &loaded.diagnostics)?;
         return Ok(None);
     };
-    let resolver = match resolve::Resolver::new(&policy.dns) {
-        Ok(resolver) => std::sync::Arc::new(resolver),
-        Err(resolve::SetupError(why)) => {
-            writeln!(stderr, "error: {why}")?;
-            return Ok(None);
-        }
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (built, problems) = runtime.block_on(plan::build(&policy, resolver.clone()));
-    diagnostics.extend(problems);
-    diag::render_human(stderr, &loader.sources, &diagnostics)?;
-    let Some(mut built) = built else {
-        no_plan_summary(stderr, path, &diagnostics)?;
-        return Ok(None);
-    };
-    built.warnings = diagnostics
-        .iter()
-        .filter(|d| !d.is_error())
-        .map(|d| diag::one_line(&loader.sources, d))
-        .collect();
-    drop_in_background((policy, loader));
-    Ok(Some((built, resolver)))
+    drop_in_background((loaded.policy, loaded.loader));
+    Ok(Some(built))
 }
 
 fn plan(

@@ -17,7 +17,9 @@ use serde::Serialize;
 
 use crate::diag::Diagnostic;
 use crate::policy::name::HostName;
-use crate::policy::{Entry, Mode, OnResolveFailure, Origin, Policy, Ports, Protocol, Rule, Target};
+use crate::policy::{
+    Entry, Loader, Mode, OnResolveFailure, Origin, Policy, Ports, Protocol, Rule, Target,
+};
 use crate::resolve::{Answer, Failure, Resolver};
 
 #[derive(Debug, Clone, Serialize)]
@@ -184,6 +186,65 @@ impl Plan {
         groups.dedup();
         groups
     }
+}
+
+/// What loading a policy file up to its Plan gave.
+pub struct Loaded {
+    /// The plan, and the resolver that resolved it (the DNS service asks the same servers);
+    /// `None` when something failed.
+    pub built: Option<(Plan, Arc<Resolver>)>,
+    /// Every problem found on the way, errors and warnings (the plan's `warnings` hold the
+    /// warnings too, one line each).
+    pub diagnostics: Vec<Diagnostic>,
+    /// Why no resolver could be set up for the policy's `dns` settings, if none could.
+    pub setup_error: Option<String>,
+    /// The sources, to show the diagnostics with.
+    pub loader: Loader,
+    /// The composed policy: large ones take a while to free, which a caller can do elsewhere.
+    pub policy: Option<Policy>,
+}
+
+/// A policy file to its Plan: loaded, composed and checked (`policy`), its names resolved with
+/// its own `dns` settings, its rules normalised.
+pub fn load(path: &std::path::Path) -> std::io::Result<Loaded> {
+    let mut loader = Loader::new();
+    let policy = loader.load(path);
+    let mut diagnostics: Vec<Diagnostic> = loader.diagnostics().to_vec();
+    let mut loaded = Loaded {
+        built: None,
+        diagnostics: Vec::new(),
+        setup_error: None,
+        loader,
+        policy: None,
+    };
+    let Some(policy) = policy else {
+        loaded.diagnostics = diagnostics;
+        return Ok(loaded);
+    };
+    let resolver = match Resolver::new(&policy.dns) {
+        Ok(resolver) => Arc::new(resolver),
+        Err(crate::resolve::SetupError(why)) => {
+            loaded.setup_error = Some(why);
+            loaded.diagnostics = diagnostics;
+            return Ok(loaded);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (built, problems) = runtime.block_on(build(&policy, resolver.clone()));
+    diagnostics.extend(problems);
+    loaded.built = built.map(|mut plan| {
+        plan.warnings = diagnostics
+            .iter()
+            .filter(|d| !d.is_error())
+            .map(|d| crate::diag::one_line(&loaded.loader.sources, d))
+            .collect();
+        (plan, resolver)
+    });
+    loaded.diagnostics = diagnostics;
+    loaded.policy = Some(policy);
+    Ok(loaded)
 }
 
 /// Builds the plan. Problems (unresolvable names) become diagnostics located at the entries
