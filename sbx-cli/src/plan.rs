@@ -251,16 +251,7 @@ pub fn load(path: &std::path::Path) -> std::io::Result<Loaded> {
 /// that named them: errors, or warnings under `on_resolve_failure: warn`. Returns `None` when
 /// there is an error.
 pub async fn build(policy: &Policy, resolver: Arc<Resolver>) -> (Option<Plan>, Vec<Diagnostic>) {
-    let names: BTreeSet<String> = policy
-        .allow
-        .iter()
-        .chain(&policy.deny)
-        .filter_map(|r| match &r.entry.target {
-            Target::Host(name) => Some(name.clone()),
-            _ => None,
-        })
-        .collect();
-    let answers = resolver.resolve_all(names).await;
+    let answers = resolver.resolve_all(policy.host_names()).await;
     let mut diagnostics = Vec::new();
     resolution_problems(policy, &answers, &mut diagnostics);
     if diagnostics.iter().any(Diagnostic::is_error) {

@@ -61,18 +61,7 @@ pub struct Exported {
 
 /// The names `--resolve` needs resolved for `policy`: every host name of `allow` and `deny`.
 pub fn names_to_resolve(policy: &Policy) -> Vec<String> {
-    let mut names: Vec<String> = policy
-        .allow
-        .iter()
-        .chain(&policy.deny)
-        .filter_map(|r| match &r.entry.target {
-            Target::Host(name) => Some(name.clone()),
-            _ => None,
-        })
-        .collect();
-    names.sort();
-    names.dedup();
-    names
+    policy.host_names().into_iter().collect()
 }
 
 /// `policy` in `format`. On failure, every error (and the warnings found so far).

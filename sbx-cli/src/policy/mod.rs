@@ -143,6 +143,21 @@ pub struct Policy {
     pub files: Vec<Arc<str>>,
 }
 
+impl Policy {
+    /// Every host name of `allow` and `deny` (not wildcards), sorted, each once: what is
+    /// resolved ahead of time.
+    pub fn host_names(&self) -> std::collections::BTreeSet<String> {
+        self.allow
+            .iter()
+            .chain(&self.deny)
+            .filter_map(|r| match &r.entry.target {
+                Target::Host(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 fn is_yaml(path: &std::path::Path) -> bool {
     matches!(
         path.extension().and_then(|e| e.to_str()),
