@@ -19,10 +19,12 @@ fn golden_dir() -> PathBuf {
 }
 
 fn schema(file: &str) -> jsonschema::Validator {
-    let path = repo().join("../shared/schemas/cilium").join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/schemas/cilium")
+        .join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "{}: {e} (see ../shared/schemas/cilium/README.md)",
+            "{}: {e} (see tests/schemas/cilium/README.md)",
             path.display()
         )
     });
@@ -265,7 +267,7 @@ fn kubernetes_output_has_the_shape_of_a_network_policy() {
     );
 }
 
-/// Cilium's `matchPattern`, as its CRD documents it (../shared/schemas/cilium/README.md): `*`
+/// Cilium's `matchPattern`, as its CRD documents it (tests/schemas/cilium/README.md): `*`
 /// is any run of label characters (one label, no dot); Cilium 1.19 and later read a leading
 /// `**.` as one or more whole labels.
 fn cilium_matches(pattern: &str, name: &str) -> bool {
