@@ -531,3 +531,51 @@ fn an_invalid_policy_is_reported_as_by_check_and_nothing_is_written() {
         ],
     );
 }
+
+/// `--resolve` writes a name as the addresses sbx's resolver finds with the policy's own `dns`
+/// settings (a test DNS server on loopback here), with a warning that they go stale; a name
+/// that does not resolve is an error and nothing is written.
+#[test]
+fn resolve_writes_a_name_as_its_current_addresses() {
+    use common::dns::{DnsServer, Zone};
+    let dns = DnsServer::start(
+        Zone::new()
+            .addrs("db.example.test", &["192.0.2.7", "192.0.2.8"], 300)
+            .addrs("gone.example.test", &[], 300),
+    );
+    let dir = Dir::new();
+    let write = |name: &str, entry: &str| {
+        dir.write(
+            name,
+            &format!(
+                "version: 1\nnetwork:\n  mode: allowlist\n  allow: [\"{entry}\"]\n\
+                 dns:\n  servers: [\"{}\"]\n  timeout: 500ms\n  attempts: 1\n",
+                dns.addr()
+            ),
+        )
+    };
+    write("db.yaml", "db.example.test:5432");
+    let (code, stdout, stderr) = export(
+        &["--format", "kubernetes", "--resolve", "db.yaml"],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("192.0.2.7/32") && stdout.contains("192.0.2.8/32"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("resolved-addresses"), "{stderr}");
+    // Without --resolve, a name is refused for Kubernetes.
+    let (code, _, stderr) = export(&["--format", "kubernetes", "db.yaml"], dir.path());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("name-entry"), "{stderr}");
+
+    write("gone.yaml", "gone.example.test:443");
+    let (code, stdout, stderr) = export(
+        &["--format", "kubernetes", "--resolve", "gone.yaml"],
+        dir.path(),
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("resolve-failed"), "{stderr}");
+}
