@@ -159,6 +159,90 @@ fn address_selection_probes_are_not_denials(backend: &str) {
     assert_eq!(host_state(), before, "{backend}: the host changed");
 }
 
+/// A `git clone` over HTTP by name (git and curl resolve with glibc, probe every address, and
+/// open several connections) from a test host serving a repository: the clone succeeds, and
+/// nothing is reported as denied.
+fn a_git_clone_by_name_reports_no_denial(backend: &str) {
+    require_root();
+    let _guard = exclusive();
+    let host = TestHost::start(&["tcp:8080"]);
+    let dns = DnsServer::start(Zone::new().addrs("git.test", &[&host.v4, &host.v6], 300));
+    let dir = Dir::new();
+    // A bare repository with one commit, served as files ("dumb" HTTP) from the test host.
+    let served = dir.path().join("served");
+    let git = |args: &[&str], cwd: &Path| {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir_all(&served).unwrap();
+    git(&["init", "-q"], &work);
+    std::fs::write(work.join("README"), "cloned through sbx\n").unwrap();
+    git(&["add", "README"], &work);
+    git(&["commit", "-q", "-m", "one"], &work);
+    git(
+        &["clone", "-q", "--bare", work.to_str().unwrap(), "r.git"],
+        &served,
+    );
+    git(&["update-server-info"], &served.join("r.git"));
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &host.netns,
+            "python3",
+            "-m",
+            "http.server",
+            "8081",
+        ])
+        .arg("--directory")
+        .arg(&served)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let policy = write_policy(
+        &dir,
+        "mode: allowlist\n  allow:\n    - {host: git.test, ports: [8081], protocol: tcp}",
+        &dns,
+    );
+    let events_path = dir.path().join("events.jsonl");
+    let clone = dir.path().join("clone");
+    let command = format!(
+        "for i in 1 2 3 4 5 6 7 8 9 10; do curl -sf -o /dev/null http://git.test:8081/ && break; \
+         sleep 0.2; done; git clone -q http://git.test:8081/r.git {} && cat {}/README",
+        clone.display(),
+        clone.display()
+    );
+    let out = apply(backend, &events_path, &policy, &["sh", "-c", &command]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("cloned through sbx"),
+        "{backend}: the clone failed: {out:?}"
+    );
+    assert!(
+        !stderr.contains("denied"),
+        "{backend}: a denial was reported:\n{stderr}"
+    );
+    assert_eq!(events(&events_path), [], "{backend}: events were written");
+}
+
 /// A UDP socket connected to a denied port of a test host (IPv4, IPv6, IPv4-mapped): the
 /// connect succeeds, nothing sent on the socket arrives, each send is reported; reconnected to
 /// the allowed port it works; `sendto` on a connected socket is judged by its address. A thread
@@ -283,6 +367,7 @@ fn what_the_kernel_sends_by_itself_is_not_a_denial(backend: &str) {
 
 crate::on_both_backends!(
     address_selection_probes_are_not_denials,
+    a_git_clone_by_name_reports_no_denial,
     a_connected_udp_socket_sends_nothing_to_a_denied_destination,
     what_the_kernel_sends_by_itself_is_not_a_denial,
 );
