@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::require_root;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -14,15 +16,6 @@ use std::time::{Duration, Instant};
 use common::Dir;
 use common::dns::{DnsServer, Zone};
 use common::testnet::{PROBE, TestHost, apply_probes, durations, exclusive, host_state, outcomes};
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the end-to-end tests create namespaces and nftables tables: run them as root (CI does)"
-    );
-}
 
 struct Scenario {
     name: &'static str,

@@ -7,8 +7,10 @@
 
 mod common;
 
+use common::{require_root, sbx_sh};
+
 use std::net::IpAddr;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::Dir;
 use common::dns::{Behaviour, DnsServer, Zone};
@@ -18,15 +20,6 @@ use hickory_resolver::proto::rr::RecordType;
 /// Routed to the test host of the large answers: many distinct addresses.
 const BLOCK: &str = "10.216.0.0/24";
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the DNS client tests need root (CI has it)"
-    );
-}
-
 fn policy(dir: &Dir, allow: &str, dns: &DnsServer, extra_dns: &str) -> std::path::PathBuf {
     dir.write(
         "p.yaml",
@@ -35,15 +28,6 @@ fn policy(dir: &Dir, allow: &str, dns: &DnsServer, extra_dns: &str) -> std::path
             dns.addr()
         ),
     )
-}
-
-fn sbx_sh(backend: &str, policy: &std::path::Path, script: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sbx"))
-        .args(["apply", "--backend", backend])
-        .arg(policy)
-        .args(["--", "sh", "-c", script])
-        .output()
-        .unwrap()
 }
 
 fn text(out: &Output) -> String {

@@ -5,20 +5,13 @@
 
 mod common;
 
+use common::require_root;
+
 use std::process::{Command, Output};
 
 use common::Dir;
 use common::dns::{DnsServer, LoggedQuery, Zone};
 use common::testnet::{TestHost, exclusive};
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the DNS gate tests need root (CI has it)"
-    );
-}
 
 /// Allows `*.allowed.test` and two exact names, one in punycode; every allowed name answers with
 /// the test host's address.

@@ -5,8 +5,10 @@
 
 mod common;
 
+use common::{require_root, sbx_sh};
+
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::Dir;
 use common::dns::{Behaviour, DnsServer, Zone};
@@ -19,15 +21,6 @@ fn block_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 214, (i / 250) as u8, (i % 250 + 1) as u8)
 }
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the DNS gate tests need root (CI has it)"
-    );
-}
-
 fn policy(dir: &Dir, network: &str, dns: &DnsServer, extra_dns: &str) -> std::path::PathBuf {
     dir.write(
         "p.yaml",
@@ -36,15 +29,6 @@ fn policy(dir: &Dir, network: &str, dns: &DnsServer, extra_dns: &str) -> std::pa
             dns.addr()
         ),
     )
-}
-
-fn sbx_sh(backend: &str, policy: &std::path::Path, script: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sbx"))
-        .args(["apply", "--backend", backend])
-        .arg(policy)
-        .args(["--", "sh", "-c", script])
-        .output()
-        .unwrap()
 }
 
 /// Acceptance 1: an upstream whose answer changes on every query; each fresh address is

@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::require_root;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -34,15 +36,6 @@ const MODES: [&str; 3] = [
     "mode: allowlist\n  allow: [\"192.0.2.10:443\"]",
     "mode: open",
 ];
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the end-to-end tests create namespaces, cgroups and host services: run them as root"
-    );
-}
 
 fn write_policy(dir: &Dir, network: &str, dns: &DnsServer) -> PathBuf {
     dir.write(

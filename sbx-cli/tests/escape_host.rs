@@ -6,20 +6,13 @@
 
 mod common;
 
+use common::require_root;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::Dir;
 use common::testnet::{exclusive, host_state};
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "run the end-to-end tests as root"
-    );
-}
 
 /// Runs `script` with `sh -c` in a sandbox of `mode: none`, as root or as `user`.
 fn run(backend: &str, user: Option<&str>, dir: &Dir, script: &str) -> Output {

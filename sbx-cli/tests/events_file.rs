@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::require_root;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -16,15 +18,6 @@ use common::testnet::exclusive;
 
 const NOBODY: u32 = 65534;
 const TARGET_TEXT: &str = "precious, root's\n";
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the events tests need root (CI has it)"
-    );
-}
 
 /// A temporary directory only root can write (`dir`), holding a root-owned `target` file and a
 /// directory `w` that nobody owns and can write.

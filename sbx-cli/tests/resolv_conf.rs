@@ -5,16 +5,13 @@
 
 mod common;
 
+use common::require_root;
+
 use std::process::{Command, Output};
 
 use common::Dir;
 use common::dns::{DnsServer, Zone};
 use common::testnet::{PROBE, TestHost, exclusive, outcomes};
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "run the tests as root");
-}
 
 /// `sbx apply` with `host_resolv_conf` as the host's /etc/resolv.conf (bound over it in a mount
 /// namespace of its own, private, so the host's mounts are not changed).

@@ -12,6 +12,8 @@
 
 mod common;
 
+use common::require_root;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -21,15 +23,6 @@ use common::dns::{DnsServer, Zone};
 use common::testnet::{TestHost, exclusive, host_state};
 
 const CONNECTED_UDP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/connected_udp.py");
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the end-to-end tests create namespaces and test hosts: run them as root"
-    );
-}
 
 fn write_policy(dir: &Dir, network: &str, dns: &DnsServer) -> PathBuf {
     dir.write(

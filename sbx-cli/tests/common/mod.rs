@@ -12,6 +12,28 @@ use serde_json::{Number, Value};
 pub mod dns;
 pub mod testnet;
 
+/// `sbx apply --backend BACKEND POLICY -- sh -c SCRIPT`, its output collected.
+pub fn sbx_sh(backend: &str, policy: &Path, script: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sbx"))
+        .args(["apply", "--backend", backend])
+        .arg(policy)
+        .args(["--", "sh", "-c", script])
+        .output()
+        .unwrap()
+}
+
+/// The end-to-end tests create network namespaces, nftables tables, cgroups and eBPF
+/// attachments: they run as root, as CI does.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the end-to-end tests create namespaces, nftables tables, cgroups and eBPF \
+         attachments: run them as root (CI does)"
+    );
+}
+
 pub struct Dir {
     pub tmp: tempfile::TempDir,
 }
