@@ -946,9 +946,108 @@ fn refused(ctx: &SkBuffContext) -> bool {
     true
 }
 
+/// IPv4 options that route a packet through other hosts: loose and strict source routing.
+const IPOPT_LSRR: u8 = 131;
+const IPOPT_SSRR: u8 = 137;
+/// IPv6 extension headers: hop-by-hop and destination options (which may come before a routing
+/// header), and the routing header.
+const IPV6_HOPOPTS: u8 = 0;
+const IPV6_DSTOPTS: u8 = 60;
+const IPV6_ROUTING: u8 = 43;
+
+/// Whether a packet of the sandbox carries a source route. The kernel then addresses it to the
+/// route's first hop, while the connect and send hooks were shown its final destination: an
+/// IPv6 segment routing header needs no privilege (IPV6_RTHDR), so without this any allowed
+/// destination would carry the command's traffic to any address it names as a hop. IPv4 source
+/// routes need CAP_NET_RAW, which the command never has; they are refused all the same, in case
+/// a kernel lets them through. No client needs either.
+#[inline(always)]
+fn source_routed(ctx: &SkBuffContext, family: u32) -> bool {
+    if family == u32::from(ETH_P_IP.to_be()) {
+        let Some([vihl]) = bytes::<1>(ctx, 0) else { return true };
+        let end = ((vihl & 0x0f) as usize) * 4;
+        let mut at = 20;
+        // At most 40 bytes of options: 40 one-byte options, fewer longer ones.
+        for _ in 0..40 {
+            if at >= end {
+                return false;
+            }
+            let Some([kind]) = bytes::<1>(ctx, at) else { return true };
+            match kind {
+                0 => return false,
+                1 => at += 1,
+                IPOPT_LSRR | IPOPT_SSRR => return true,
+                _ => {
+                    let Some([len]) = bytes::<1>(ctx, at + 1) else { return true };
+                    if len < 2 {
+                        return true;
+                    }
+                    at += len as usize;
+                }
+            }
+        }
+        false
+    } else if family == u32::from(ETH_P_IPV6.to_be()) {
+        let Some([mut next]) = bytes::<1>(ctx, 6) else { return true };
+        let mut at = 40;
+        // Hop-by-hop, then destination options, then the routing header (RFC 8200, 4.1).
+        for _ in 0..3 {
+            match next {
+                IPV6_ROUTING => return true,
+                IPV6_HOPOPTS | IPV6_DSTOPTS => {
+                    let Some([header_next, len]) = bytes::<2>(ctx, at) else { return true };
+                    next = header_next;
+                    at += (len as usize + 1) * 8;
+                }
+                _ => return false,
+            }
+        }
+        // Deeper chains are nothing a socket sends.
+        true
+    } else {
+        false
+    }
+}
+
+/// The packet's destination, as its header has it.
+#[inline(always)]
+fn header_destination(ctx: &SkBuffContext, family: u32) -> [u8; 16] {
+    if family == u32::from(ETH_P_IP.to_be()) {
+        bytes::<4>(ctx, 16).map(mapped).unwrap_or([0; 16])
+    } else {
+        bytes::<16>(ctx, 24).unwrap_or([0; 16])
+    }
+}
+
 #[cgroup_skb(egress)]
 pub fn egress(ctx: SkBuffContext) -> i32 {
+    let skb = ctx.skb.skb;
+    // SAFETY: reads of the context.
+    let family = unsafe { (*skb).protocol };
+    if source_routed(&ctx, family) {
+        // SAFETY: a read of the context.
+        let cgroup = unsafe { bpf_skb_cgroup_id(skb) };
+        report(cgroup, HOOK_EGRESS, header_destination(&ctx, family), sending_protocol(&ctx), 0);
+        return DENY;
+    }
     i32::from(!refused(&ctx))
+}
+
+/// The IP protocol of the socket that sent the packet (0 if there is none).
+#[inline(always)]
+fn sending_protocol(ctx: &SkBuffContext) -> u8 {
+    // SAFETY: the context pointer is valid for the program's run.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return 0;
+    }
+    // SAFETY: `sk` is the sending socket.
+    let sk = unsafe { bpf_sk_fullsock(sk) };
+    if sk.is_null() {
+        return 0;
+    }
+    // SAFETY: a full socket's fields are readable.
+    unsafe { (*sk).protocol as u8 }
 }
 
 #[cfg(not(test))]
