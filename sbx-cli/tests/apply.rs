@@ -904,6 +904,8 @@ fn bypass_attempts_fail(backend: &str) {
     for (attempt, expected) in [
         ("mapped-allowed", "open"),
         ("mapped-denied", "denied"),
+        ("fastopen-allowed", "open"),
+        ("fastopen-denied", "denied"),
         ("sendto-allowed", "open"),
         ("sendto-denied", "denied"),
         ("raw-socket", "denied"),

@@ -4,6 +4,7 @@ destination is a bypass."""
 import errno
 import os
 import socket
+import struct
 import sys
 import time
 
@@ -32,6 +33,21 @@ def tcp(host, port, family=socket.AF_INET):
         s.close()
 
 
+def fastopen(port):
+    # TCP Fast Open: the connect happens inside sendto, with data in the SYN.
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # Blocking, so that the kernel completes the connect inside the call (Python's timeouts make
+    # the socket non-blocking); the kernel's own send timeout bounds it.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 2, 0))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 2, 0))
+    try:
+        s.sendto(b"GET / HTTP/1.0\r\n\r\n", socket.MSG_FASTOPEN, (v4, port))
+        if b"port %d" % port not in s.recv(4096):
+            raise OSError(errno.EPROTO, "bad reply")
+    finally:
+        s.close()
+
+
 def sendto(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(1)
@@ -46,6 +62,8 @@ def sendto(port):
 
 attempt("mapped-allowed", lambda: tcp("::ffff:" + v4, tcp_ok, socket.AF_INET6))
 attempt("mapped-denied", lambda: tcp("::ffff:" + v4, tcp_no, socket.AF_INET6))
+attempt("fastopen-allowed", lambda: fastopen(tcp_ok))
+attempt("fastopen-denied", lambda: fastopen(tcp_no))
 attempt("sendto-allowed", lambda: sendto(udp_ok))
 attempt("sendto-denied", lambda: sendto(udp_no))
 attempt("raw-socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP).close())
