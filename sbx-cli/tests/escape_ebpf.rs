@@ -13,15 +13,15 @@ mod common;
 
 use common::require_root;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Dir;
 use common::dns::{DnsServer, Zone};
 use common::testnet::{TestHost, exclusive, host_state, outcomes};
+use common::{Dir, Ready};
 
 const ESCAPE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/escape.py");
 const INBOUND: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/inbound.py");
@@ -48,31 +48,14 @@ fn write_policy(dir: &Dir, network: &str, dns: &DnsServer) -> PathBuf {
 }
 
 /// `testsrv.py` on the host itself (not in a namespace): what a host loopback service is.
-struct HostService(Child);
-
-impl HostService {
-    fn start(addrs: &str, services: &[&str]) -> HostService {
-        let mut child = Command::new("python3")
+fn host_service(addrs: &str, services: &[&str]) -> Ready {
+    Ready::start(
+        Command::new("python3")
             .arg(TESTSRV)
             .arg(addrs)
-            .args(services)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut ready = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut ready)
-            .unwrap();
-        assert_eq!(ready.trim(), "ready", "the host service did not start");
-        HostService(child)
-    }
-}
-
-impl Drop for HostService {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+            .args(services),
+        "host service",
+    )
 }
 
 /// `sbx apply --backend BACKEND [--user USER] POLICY -- COMMAND…`.
@@ -121,7 +104,7 @@ fn run_escape(
 fn a_bind_elsewhere_does_not_make_a_host_loopback_port_the_commands_own() {
     require_root();
     let _guard = exclusive();
-    let _host = HostService::start(
+    let _host = host_service(
         "127.0.0.1",
         &["tcp:17211", "tcp:17212", "udp:17211", "udp:17213"],
     );
@@ -187,9 +170,9 @@ fn a_bind_elsewhere_does_not_make_a_host_loopback_port_the_commands_own() {
 fn unspecified_and_mapped_addresses_reach_no_host_loopback_service() {
     require_root();
     let _guard = exclusive();
-    let _loopback_only = HostService::start("127.0.0.1,::1", &["tcp:17221", "udp:17221"]);
+    let _loopback_only = host_service("127.0.0.1,::1", &["tcp:17221", "udp:17221"]);
     // A host service on every address: its loopback side is the host's loopback too.
-    let _everywhere = HostService::start("0.0.0.0", &["tcp:17222"]);
+    let _everywhere = host_service("0.0.0.0", &["tcp:17222"]);
     let upstream = DnsServer::start(Zone::new());
     let dir = Dir::new();
     let before = host_state();

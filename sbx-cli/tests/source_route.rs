@@ -5,51 +5,24 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::testnet::{TestHost, exclusive, host_state};
-use common::{Dir, require_root};
+use common::{Dir, Ready, require_root};
 
 const SOURCE_ROUTE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/source_route.py");
 const SNIFF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/sniff.py");
 
 /// What arrives at a test host's link addressed to it, TCP or UDP, whatever its stack does then.
-struct Sniffer(Child);
-
-impl Sniffer {
-    fn start(host: &TestHost) -> Sniffer {
-        let iface = format!("{}s", host.netns.replace('-', ""));
-        let mut child = Command::new("ip")
+fn sniffer(host: &TestHost) -> Ready {
+    let iface = format!("{}s", host.netns.replace('-', ""));
+    Ready::start(
+        Command::new("ip")
             .args(["netns", "exec", &host.netns, "python3", SNIFF, &iface])
-            .args([&host.v4, &host.v6])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut ready = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut ready)
-            .unwrap();
-        assert_eq!(ready.trim(), "ready", "the sniffer did not start");
-        Sniffer(child)
-    }
-
-    fn seen(mut self) -> String {
-        // Packets in flight when the command ends still arrive.
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = self.0.kill();
-        let mut text = String::new();
-        let _ = self.0.stdout.as_mut().unwrap().read_to_string(&mut text);
-        text
-    }
-}
-
-impl Drop for Sniffer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+            .args([&host.v4, &host.v6]),
+        "sniffer",
+    )
 }
 
 fn source_routing_reaches_no_other_address(backend: &str) {
@@ -67,7 +40,7 @@ fn source_routing_reaches_no_other_address(backend: &str) {
                 allowed.v4, allowed.v6
             ),
         );
-        let sniffer = Sniffer::start(&hop);
+        let sniffer = sniffer(&hop);
         let mut sbx = Command::new(env!("CARGO_BIN_EXE_sbx"));
         sbx.args(["apply", "--backend", backend]);
         if let Some(user) = user {
@@ -89,7 +62,9 @@ fn source_routing_reaches_no_other_address(backend: &str) {
             4,
             "as {user:?}: every attempt reports\n{stdout}\n{stderr}"
         );
-        let seen = sniffer.seen();
+        // Packets in flight when the command ends still arrive.
+        std::thread::sleep(Duration::from_millis(300));
+        let seen = sniffer.stop();
         assert!(
             seen.is_empty(),
             "as {user:?}: source-routed packets reached an address the policy does not allow:\n\

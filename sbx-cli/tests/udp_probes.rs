@@ -14,13 +14,12 @@ mod common;
 
 use common::require_root;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
-use common::Dir;
 use common::dns::{DnsServer, Zone};
 use common::testnet::{TestHost, exclusive, host_state};
+use common::{Dir, Ready};
 
 const CONNECTED_UDP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/connected_udp.py");
 
@@ -81,11 +80,8 @@ fn events(events: &Path) -> Vec<(String, u64, u64, String)> {
 
 /// A UDP server in a test host's namespace that prints every datagram it receives on `port` of
 /// the host's addresses: what reached the destination, whatever the client was told.
-struct Recorder(Child);
-
-impl Recorder {
-    fn start(host: &TestHost, port: u16) -> Recorder {
-        let script = r#"
+fn recorder(host: &TestHost, port: u16) -> Ready {
+    let script = r#"
 import socket, sys, threading
 def serve(addr):
     s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
@@ -98,34 +94,12 @@ for addr in sys.argv[1:3]:
 print("ready", flush=True)
 threading.Event().wait()
 "#;
-        let mut child = Command::new("ip")
+    Ready::start(
+        Command::new("ip")
             .args(["netns", "exec", &host.netns, "python3", "-c", script])
-            .args([&host.v4, &host.v6, &port.to_string()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut ready = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut ready)
-            .unwrap();
-        assert_eq!(ready.trim(), "ready", "the recorder did not start");
-        Recorder(child)
-    }
-
-    /// What arrived, once stopped.
-    fn received(mut self) -> String {
-        let _ = self.0.kill();
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(self.0.stdout.as_mut().unwrap(), &mut text);
-        text
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+            .args([&host.v4, &host.v6, &port.to_string()]),
+        "recorder",
+    )
 }
 
 /// glibc's getaddrinfo (python's, `getent ahosts`) and curl, for a name with an IPv4 and an
@@ -260,7 +234,7 @@ fn a_connected_udp_socket_sends_nothing_to_a_denied_destination(backend: &str) {
     require_root();
     let _guard = exclusive();
     let host = TestHost::start(&["udp:5353"]);
-    let recorder = Recorder::start(&host, 5354);
+    let recorder = recorder(&host, 5354);
     let dns = DnsServer::start(Zone::new());
     let dir = Dir::new();
     let network = format!(
@@ -343,7 +317,7 @@ fn a_connected_udp_socket_sends_nothing_to_a_denied_destination(backend: &str) {
         }
         all_events.extend(events(&events_path));
     }
-    let received = recorder.received();
+    let received = recorder.stop();
     if received.contains("leak") {
         failures.push(format!(
             "{backend}: datagrams reached the denied port:\n{received}"

@@ -129,3 +129,39 @@ fn to_json(node: &Node<'_>) -> Value {
 pub fn yaml_as_json(text: &str) -> Value {
     to_json(&yaml::parse(text).unwrap().root.unwrap())
 }
+
+/// A helper process of a test (a server, a recorder) that prints `ready` once it listens; killed
+/// when dropped, also when the test fails.
+pub struct Ready(std::process::Child);
+
+impl Ready {
+    /// Starts `command` with its output piped and waits for its `ready` line.
+    pub fn start(command: &mut Command, what: &str) -> Ready {
+        use std::io::BufRead as _;
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start the {what}: {e}"));
+        let mut line = String::new();
+        // One byte at a time, so that nothing after the line is taken from the pipe.
+        let mut stdout = std::io::BufReader::with_capacity(1, child.stdout.as_mut().unwrap());
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "the {what} did not start");
+        Ready(child)
+    }
+
+    /// What it printed after `ready`, once stopped.
+    pub fn stop(mut self) -> String {
+        let _ = self.0.kill();
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(self.0.stdout.as_mut().unwrap(), &mut text);
+        text
+    }
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
