@@ -171,32 +171,8 @@ enum Command {
         #[arg(long, value_enum)]
         format: export::Format,
 
-        /// The object's name (one policy only); by default the policy's name.
-        #[arg(long, value_name = "NAME")]
-        name: Option<String>,
-
-        /// The namespace of the object (Kubernetes, Cilium); by default none is written.
-        #[arg(long, value_name = "NS", conflicts_with = "clusterwide")]
-        namespace: Option<String>,
-
-        /// A label the selected pods carry (repeatable); without one, every pod of the
-        /// namespace is selected.
-        #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
-        selector: Vec<(String, String)>,
-
-        /// A CiliumClusterwideNetworkPolicy (needs --selector).
-        #[arg(long)]
-        clusterwide: bool,
-
-        /// Cilium before 1.19: write each wildcard as one pattern per depth, 1 to N labels
-        /// (deeper names are then refused).
-        #[arg(long, value_name = "N")]
-        wildcard_depth: Option<u8>,
-
-        /// systemd: allow whole addresses where the policy allows only some ports (wider than
-        /// the policy).
-        #[arg(long)]
-        widen_ports: bool,
+        #[command(flatten)]
+        options: export::Options,
 
         /// Write names the engine cannot follow as the addresses they have now, resolved by
         /// sbx with the policy's `dns` settings (they go stale).
@@ -486,27 +462,9 @@ pub fn main() -> ExitCode {
         Command::Export {
             policies,
             format,
-            name,
-            namespace,
-            selector,
-            clusterwide,
-            wildcard_depth,
-            widen_ports,
+            options,
             resolve,
-        } => export_policies(
-            &policies,
-            format,
-            &export::Options {
-                name,
-                namespace,
-                selector,
-                clusterwide,
-                wildcard_depth,
-                widen_ports,
-            },
-            resolve,
-            &mut stderr,
-        ),
+        } => export_policies(&policies, format, &options, resolve, &mut stderr),
         Command::Apply {
             policy,
             backend,
@@ -657,14 +615,6 @@ fn plan(
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// `KEY=VALUE` of `--selector`.
-fn parse_label(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
-        _ => Err(format!("`{text}` is not KEY=VALUE (e.g. app=build)")),
-    }
 }
 
 /// Exports every policy, or writes nothing: a pipe into `kubectl apply` must not get half of

@@ -35,19 +35,43 @@ pub enum Format {
     Systemd,
 }
 
-#[derive(Debug, Clone, Default)]
+/// How the exported object is named and placed, and what it may widen; `sbx export`'s options.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Options {
-    /// The object's name; by default the policy's.
+    /// The object's name (one policy only); by default the policy's name.
+    #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+
+    /// The namespace of the object (Kubernetes, Cilium); by default none is written.
+    #[arg(long, value_name = "NS", conflicts_with = "clusterwide")]
     pub namespace: Option<String>,
-    /// The pods the policy selects (`matchLabels`); none selects every pod of the namespace.
+
+    /// A label the selected pods carry (repeatable); without one, every pod of the namespace is
+    /// selected.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
     pub selector: Vec<(String, String)>,
+
+    /// A CiliumClusterwideNetworkPolicy (needs --selector).
+    #[arg(long)]
     pub clusterwide: bool,
-    /// Write sbx's any-depth wildcard as one pattern per depth up to this many labels, for
-    /// Cilium releases before 1.19, which read `**.` as one label.
+
+    /// Cilium before 1.19: write each wildcard as one pattern per depth, 1 to N labels (deeper
+    /// names are then refused).
+    #[arg(long, value_name = "N")]
     pub wildcard_depth: Option<u8>,
-    /// systemd: allow whole addresses where the policy allows only some ports.
+
+    /// systemd: allow whole addresses where the policy allows only some ports (wider than the
+    /// policy).
+    #[arg(long)]
     pub widen_ports: bool,
+}
+
+/// `KEY=VALUE` of `--selector`.
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("`{text}` is not KEY=VALUE (e.g. app=build)")),
+    }
 }
 
 /// Each name of the policy and the addresses it has now (`--resolve`), or why it has none.
