@@ -264,8 +264,8 @@ pub async fn build(policy: &Policy, resolver: Arc<Resolver>) -> (Option<Plan>, V
         files: policy.files.iter().map(|f| f.to_string()).collect(),
         dns_servers: resolver.servers().iter().map(|s| s.to_string()).collect(),
         dns_grace: policy.dns.grace,
-        allow: rule_sets(&policy.allow, &answers),
-        deny: rule_sets(&policy.deny, &answers),
+        allow: rule_sets(&policy.allow, &answers, &[]),
+        deny: rule_sets(&policy.deny, &answers, &allowed_names(policy)),
         names: name_rules(policy),
         resolved: answers
             .into_iter()
@@ -337,7 +337,31 @@ fn host_net(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
 
-fn rule_sets(rules: &[Rule], answers: &BTreeMap<String, Result<Answer, Failure>>) -> Vec<RuleSet> {
+/// The host names of the allow entries, sorted.
+fn allowed_names(policy: &Policy) -> Vec<&str> {
+    let mut names: Vec<&str> = policy
+        .allow
+        .iter()
+        .filter_map(|rule| match &rule.entry.target {
+            Target::Host(name) => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// The rule sets of `rules`. A wildcard among them contributes the addresses of the `covered`
+/// names below it (for `deny`: the allowed names, so that deny wins for names as for addresses:
+/// the DNS service refuses such a name, and the addresses sbx resolved for it at start, which
+/// its allow entry would otherwise admit, are denied on the wildcard's ports and protocol, as an
+/// exact deny name's are).
+fn rule_sets(
+    rules: &[Rule],
+    answers: &BTreeMap<String, Result<Answer, Failure>>,
+    covered: &[&str],
+) -> Vec<RuleSet> {
     // One set per protocol and ports, found by hash: a policy can have thousands of entries
     // and as many distinct port lists.
     let mut index: HashMap<(Protocol, &Ports), usize, foldhash::fast::RandomState> =
@@ -355,42 +379,46 @@ fn rule_sets(rules: &[Rule], answers: &BTreeMap<String, Result<Answer, Failure>>
         }
         counts[at] += 1;
     }
-    // A set appears once an entry contributes addresses to it (wildcards and unresolved names
-    // do not).
+    let answered = |name: &str| match answers.get(name) {
+        Some(Ok(answer)) => {
+            IpNet::aggregate(&answer.addresses.iter().map(|a| host_net(a.ip)).collect())
+        }
+        _ => Vec::new(),
+    };
+    // A set appears once an entry contributes addresses to it (wildcards covering no resolved
+    // name, and unresolved names, do not).
     let mut sets: Vec<Option<RuleSet>> = counts.iter().map(|_| None).collect();
     for rule in rules {
-        let contributed: Vec<IpNet> = match &rule.entry.target {
-            Target::Addr(ip) => vec![host_net(*ip)],
-            Target::Net(net) => vec![*net],
-            Target::Host(name) => match answers.get(name) {
-                Some(Ok(answer)) => {
-                    IpNet::aggregate(&answer.addresses.iter().map(|a| host_net(a.ip)).collect())
-                }
-                _ => Vec::new(),
-            },
-            Target::Wildcard(_) => continue,
+        // (addresses, the name they are the answer of)
+        let contributed: Vec<(Vec<IpNet>, Option<String>)> = match &rule.entry.target {
+            Target::Addr(ip) => vec![(vec![host_net(*ip)], None)],
+            Target::Net(net) => vec![(vec![*net], None)],
+            Target::Host(name) => vec![(answered(name), Some(name.clone()))],
+            Target::Wildcard(suffix) => covered
+                .iter()
+                .filter(|name| crate::policy::name::is_strictly_below(name, suffix))
+                .map(|name| (answered(name), Some(name.to_string())))
+                .collect(),
         };
-        if contributed.is_empty() {
-            continue;
+        for (addresses, name) in contributed {
+            if addresses.is_empty() {
+                continue;
+            }
+            let at = index[&(rule.entry.protocol, &rule.entry.ports)];
+            let set = sets[at].get_or_insert_with(|| RuleSet {
+                protocol: rule.entry.protocol,
+                ports: rule.entry.ports.clone(),
+                addresses: Vec::with_capacity(counts[at]),
+                sources: Vec::with_capacity(counts[at]),
+            });
+            set.addresses.extend(&addresses);
+            set.sources.push(Source {
+                entry: rule.entry.clone(),
+                origin: rule.origin.clone(),
+                addresses,
+                name,
+            });
         }
-        let at = index[&(rule.entry.protocol, &rule.entry.ports)];
-        let set = sets[at].get_or_insert_with(|| RuleSet {
-            protocol: rule.entry.protocol,
-            ports: rule.entry.ports.clone(),
-            addresses: Vec::with_capacity(counts[at]),
-            sources: Vec::with_capacity(counts[at]),
-        });
-        set.addresses.extend(&contributed);
-        let name = match &rule.entry.target {
-            Target::Host(name) => Some(name.clone()),
-            _ => None,
-        };
-        set.sources.push(Source {
-            entry: rule.entry.clone(),
-            origin: rule.origin.clone(),
-            addresses: contributed,
-            name,
-        });
     }
     let mut sets: Vec<RuleSet> = sets.into_iter().flatten().collect();
     sets.sort_by(|a, b| (a.protocol, &a.ports).cmp(&(b.protocol, &b.ports)));
@@ -548,7 +576,15 @@ fn render_sets(w: &mut String, title: &str, sets: &[RuleSet]) {
             ports_text(&set.ports),
             addresses.join(", ")
         );
-        let entries: Vec<String> = set.sources.iter().map(|s| s.entry.to_string()).collect();
+        // A wildcard's addresses are those of the names below it that sbx resolved.
+        let entries: Vec<String> = set
+            .sources
+            .iter()
+            .map(|s| match (&s.entry.target, &s.name) {
+                (Target::Wildcard(_), Some(name)) => format!("{} ({name})", s.entry),
+                _ => s.entry.to_string(),
+            })
+            .collect();
         let width = entries.iter().map(String::len).max().unwrap_or(0);
         for (entry, source) in entries.iter().zip(&set.sources) {
             let _ = writeln!(w, "      {entry:width$}  {}", source.origin);

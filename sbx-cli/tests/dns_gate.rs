@@ -161,6 +161,41 @@ fn an_expired_answer_admits_no_new_connection(backend: &str) {
     }
 }
 
+/// Deny wins for names as for addresses: an allowed name that a deny wildcard covers is refused
+/// by the DNS service, and the addresses sbx resolved for it at start are denied too (on the
+/// ports the deny entry names), so that connecting to them directly reaches nothing either.
+/// Another allowed name on another address is untouched.
+fn a_deny_wildcard_over_an_allowed_name_denies_its_addresses(backend: &str) {
+    require_root();
+    let _guard = exclusive();
+    let denied = TestHost::start(&["tcp:8080", "tcp:8081"]);
+    let other = TestHost::start(&["tcp:8080"]);
+    let zone = Zone::new()
+        .addrs("api.x.test", &[denied.v4.as_str()], 300)
+        .addrs("ok.y.test", &[other.v4.as_str()], 300);
+    let dns = DnsServer::start(zone);
+    let dir = Dir::new();
+    let network = "mode: allowlist\n  allow: [{host: api.x.test, ports: [8080, 8081]}, \"ok.y.test:8080\"]\n  deny: [\"*.x.test:8080\"]";
+    let policy = policy(&dir, network, &dns, "");
+    let probes = format!(
+        "tcp:api.x.test:8080 tcp:{v4}:8080 tcp:{v4}:8081 tcp:ok.y.test:8080",
+        v4 = denied.v4
+    );
+    let out = sbx_sh(backend, &policy, &format!("python3 {PROBE} {probes}"));
+    let outcomes: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split(' ').nth(3).unwrap_or("?").to_string())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["no-name", "denied", "ok", "ok"],
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop((denied, other));
+}
+
 /// A hostile upstream answering a flood of addresses for one name: at most 64 are answered
 /// (and admitted).
 fn a_name_answering_too_many_addresses_is_capped(backend: &str) {
@@ -228,6 +263,7 @@ crate::on_both_backends!(
     exfiltration_attempts_are_refused_and_never_reach_the_upstream,
     an_expired_answer_admits_no_new_connection,
     a_name_answering_too_many_addresses_is_capped,
+    a_deny_wildcard_over_an_allowed_name_denies_its_addresses,
     a_connect_the_instant_the_answer_arrives_succeeds_1000_times,
 );
 

@@ -288,6 +288,31 @@ fn a_deny_name_that_does_not_resolve_is_no_error() {
     assert!(stdout.contains("any/all  fd00:ec2::254\n"), "{stdout}");
 }
 
+/// Deny wins for names: the addresses sbx resolved for an allowed name that a deny wildcard
+/// covers are in the deny set, on the wildcard's ports, with the wildcard as their provenance.
+#[test]
+fn a_deny_wildcard_denies_the_addresses_of_the_allowed_names_below_it() {
+    let zone = Zone::new()
+        .addrs("api.x.test", &["192.0.2.20"], 300)
+        .addrs("db.x.test", &["192.0.2.21"], 300)
+        .addrs("free.test", &["192.0.2.22"], 300);
+    let server = DnsServer::start(zone);
+    let out = plan_network(
+        &server,
+        "  mode: allowlist\n  allow: [api.x.test:443, db.x.test:443, free.test:443]\n  deny: [\"*.x.test:443\"]\n",
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let deny = &stdout[stdout.find("\ndeny\n").expect("a deny section")..];
+    assert!(deny.contains("tcp/443  192.0.2.20/31\n"), "{stdout}");
+    for name in ["api.x.test", "db.x.test"] {
+        let line = deny
+            .lines()
+            .find(|l| l.contains(&format!("*.x.test:443 ({name})")))
+            .unwrap_or_else(|| panic!("{name} under the wildcard:\n{stdout}"));
+        assert!(line.ends_with("p.yaml:5:10"), "{line}");
+    }
+}
+
 #[test]
 fn localhost_is_loopback_without_asking_a_server() {
     let server = DnsServer::start(Zone::new());
