@@ -219,11 +219,18 @@ enum Command {
             admits a connection the old one did not: a mode that reaches more (none < allowlist \
             < open), an allow entry (or the ports of one) no old entry held, a deny entry \
             dropped where the policy can reach it, a DNS server added, a longer `dns.grace`.\n\n\
-            Offline: policies are compared by what they say (names, wildcards, addresses, \
-            blocks, ports, protocols), not by what names resolve to.\n\n\
+            Offline by default: policies are compared by what they say (names, wildcards, \
+            addresses, blocks, ports, protocols), not by what names resolve to. With --resolve, \
+            each side's host names are resolved by sbx (with that side's `dns` settings, as \
+            `sbx plan` does), and every address they resolve to is compared as a destination \
+            of its own (`address` lines, with the names that led to it): a block that now \
+            covers an allowed name's address, or a deny entry removed from under it, shows; a \
+            removed deny entry widens only where an allowed name's addresses (or an allowed \
+            address or block) meet it. Wildcards cannot be resolved ahead of time and are still \
+            compared by name.\n\n\
             Exit status: 0 when no access widened, 1 when some did (a review gate), 2 for errors \
             (a policy that does not load, a git problem, a usage error).",
-        after_help = "Examples:\n  sbx diff old/github.yaml policies/github.yaml\n  sbx diff --git origin/main...HEAD policies/\n  sbx diff --git HEAD --format markdown > comment.md"
+        after_help = "Examples:\n  sbx diff old/github.yaml policies/github.yaml\n  sbx diff --git origin/main...HEAD policies/\n  sbx diff --git HEAD --format markdown > comment.md\n  sbx diff --resolve --git origin/main...HEAD policies/"
     )]
     Diff {
         /// Compare the policies of two revisions of the current git repository (see above).
@@ -238,6 +245,11 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "human")]
         format: review::Format,
+
+        /// Resolve each side's host names (with its `dns` settings) and compare the addresses
+        /// they resolve to as well.
+        #[arg(long)]
+        resolve: bool,
     },
 
     /// Say whether a policy lets the command reach a destination, and which rule decides.
@@ -251,10 +263,19 @@ enum Command {
             command: `*.example.com` covers every name below example.com, at any depth, never \
             example.com itself. Deny wins over allow; in allowlist mode a name that a deny \
             entry names is refused by the DNS service on every port. The host's loopback is \
-            reachable only through an entry that names it, in every mode. Offline: names are \
-            judged by name and addresses by address; what a name resolves to is not looked up.\n\n\
+            reachable only through an entry that names it, in every mode. Offline by default: \
+            names are judged by name and addresses by address; what a name resolves to is not \
+            looked up.\n\n\
+            With --resolve, sbx resolves the policy's host names and a DEST name (with the \
+            policy's `dns` settings, as `sbx plan` does) and judges a name by each address it \
+            has now too, as the sandbox judges a connection there: an address in a denied block, \
+            or an address of a denied name, is denied (deny wins over the name's allow entry); \
+            an address in an allowed block is reachable by address even where the DNS service \
+            refuses the name. The verdict is then that of the addresses: allowed when every \
+            one is, denied when none is. An address DEST is judged with the names that resolve \
+            to it.\n\n\
             Exit status: 0 allowed, 1 denied (or only partly allowed), 2 for errors.",
-        after_help = "Examples:\n  sbx explain policies/github.yaml api.github.com:443\n  sbx explain policies/github.yaml gist.github.com:443\n  sbx explain policies/rust-build.yaml 169.254.169.254:80\n  sbx explain ci.yaml ntp.example.net:123/udp"
+        after_help = "Examples:\n  sbx explain policies/github.yaml api.github.com:443\n  sbx explain policies/github.yaml gist.github.com:443\n  sbx explain policies/rust-build.yaml 169.254.169.254:80\n  sbx explain ci.yaml ntp.example.net:123/udp\n  sbx explain --resolve policies/github.yaml github.com:443"
     )]
     Explain {
         /// The policy file.
@@ -264,6 +285,11 @@ enum Command {
         /// The destination: NAME or ADDRESS, with optional :PORT and /PROTO.
         #[arg(value_name = "DEST[:PORT][/PROTO]")]
         dest: String,
+
+        /// Resolve names (with the policy's `dns` settings) and judge a name by its addresses
+        /// too.
+        #[arg(long)]
+        resolve: bool,
     },
 
     /// Run the expectations kept beside policies (NAME.test.yaml).
@@ -525,10 +551,17 @@ pub fn main() -> ExitCode {
             },
             &mut stderr,
         ),
-        Command::Diff { git, paths, format } => {
-            diff(git.as_deref(), &paths, format, color, &mut stderr)
-        }
-        Command::Explain { policy, dest } => explain(&policy, &dest, &mut stderr),
+        Command::Diff {
+            git,
+            paths,
+            format,
+            resolve,
+        } => diff(git.as_deref(), &paths, resolve, format, color, &mut stderr),
+        Command::Explain {
+            policy,
+            dest,
+            resolve,
+        } => explain(&policy, &dest, resolve, &mut stderr),
         Command::Test {
             paths,
             deny_untested,
@@ -749,14 +782,7 @@ fn export_policies(
 
 /// Every host name of the policy with the addresses sbx's resolver gives it now.
 fn resolve_names(policy: &crate::policy::Policy) -> Result<export::Resolved, String> {
-    let resolver = resolve::Resolver::new(&policy.dns)
-        .map(std::sync::Arc::new)
-        .map_err(|resolve::SetupError(why)| why)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the resolver: {e}"))?;
-    let answers = runtime.block_on(resolver.resolve_all(export::names_to_resolve(policy)));
+    let answers = resolve::resolve_once(&policy.dns, export::names_to_resolve(policy))?;
     Ok(answers
         .into_iter()
         .map(|(name, answer)| {
@@ -795,6 +821,7 @@ fn apply(
 fn diff(
     git: Option<&str>,
     paths: &[PathBuf],
+    resolve: bool,
     format: review::Format,
     color: ColorChoice,
     stderr: &mut StandardStream,
@@ -802,15 +829,9 @@ fn diff(
     const ERRORS: u8 = 2;
     let diffs = match (git, paths) {
         (Some(spec), _) => {
-            match review::diff_git(&std::env::current_dir()?, spec, paths, stderr)? {
-                Ok(diffs) => diffs,
-                Err(why) => {
-                    writeln!(stderr, "error: {why}")?;
-                    return Ok(ExitCode::from(ERRORS));
-                }
-            }
+            review::diff_git(&std::env::current_dir()?, spec, paths, resolve, stderr)?
         }
-        (None, [old, new]) => review::diff_files(old, new, stderr)?,
+        (None, [old, new]) => review::diff_files(old, new, resolve, stderr)?,
         (None, _) => {
             writeln!(
                 stderr,
@@ -819,8 +840,13 @@ fn diff(
             return Ok(ExitCode::from(ERRORS));
         }
     };
-    let Some(diffs) = diffs else {
-        return Ok(ExitCode::from(ERRORS));
+    let diffs = match diffs {
+        Ok(Some(diffs)) => diffs,
+        Ok(None) => return Ok(ExitCode::from(ERRORS)),
+        Err(why) => {
+            writeln!(stderr, "error: {why}")?;
+            return Ok(ExitCode::from(ERRORS));
+        }
     };
     match format {
         review::Format::Human => {
@@ -847,6 +873,7 @@ fn diff(
 fn explain(
     policy: &std::path::Path,
     dest: &str,
+    resolve: bool,
     stderr: &mut StandardStream,
 ) -> io::Result<ExitCode> {
     let query = match review::explain::Query::parse(dest) {
@@ -859,7 +886,22 @@ fn explain(
     let Some(policy) = review::load_policy(policy, stderr)? else {
         return Ok(ExitCode::from(2));
     };
-    let explanation = review::explain::explain(&policy, &query);
+    let answers = if resolve {
+        let name = match &query.dest {
+            review::explain::Dest::Name(name) => Some(name.as_str()),
+            review::explain::Dest::Addr(_) => None,
+        };
+        match review::resolve_names(Some(&policy), name) {
+            Ok(answers) => Some(answers),
+            Err(why) => {
+                writeln!(stderr, "error: {why}")?;
+                return Ok(ExitCode::from(2));
+            }
+        }
+    } else {
+        None
+    };
+    let explanation = review::explain::explain_resolved(&policy, &query, answers.as_ref());
     print!("{}", review::explain::render(&explanation, &policy));
     Ok(match explanation.verdict {
         review::explain::Verdict::Allowed => ExitCode::SUCCESS,

@@ -310,3 +310,121 @@ fn a_bad_revision_exits_2() {
     assert_eq!(code, 2);
     assert!(stderr.contains("no-such-rev"), "{stderr}");
 }
+
+/// `--resolve`: each side's names resolved by a DNS server started here (on loopback, named by
+/// the policies' own `dns.servers`), their addresses compared as destinations, and the verdict
+/// against the offline one.
+#[test]
+fn resolve_compares_the_addresses_names_resolve_to() {
+    use common::dns::{DnsServer, Zone};
+    let server = DnsServer::start(Zone::new().addrs("api.test", &["10.20.9.5"], 300).addrs(
+        "ok.test",
+        &["192.0.2.20"],
+        300,
+    ));
+    let policy = |allow: &[&str], deny: &[&str]| {
+        let list = |items: &[&str]| {
+            items
+                .iter()
+                .map(|i| format!("    - {i}\n"))
+                .collect::<String>()
+        };
+        format!(
+            "version: 1\nnetwork:\n  mode: allowlist\n  allow:\n{}  deny:\n{}\
+             dns:\n  servers: [\"{}\"]\n  timeout: 500ms\n  attempts: 1\n",
+            list(allow),
+            list(deny),
+            server.addr()
+        )
+    };
+    let dir = Dir::new();
+    let allow = ["api.test:443", "ok.test:443"];
+    dir.write(
+        "old.yaml",
+        &policy(&allow, &["10.20.9.0/24", "10.30.0.0/16"]),
+    );
+    let diff = |new: &str, resolve: bool| {
+        dir.write("new.yaml", new);
+        let mut args = vec!["diff"];
+        if resolve {
+            args.push("--resolve");
+        }
+        args.extend(["old.yaml", "new.yaml"]);
+        let (code, stdout, stderr) = run(&dir, &args);
+        (code, format!("{stdout}{stderr}"))
+    };
+
+    // A deny block removed where no allowed name resolves: offline, names may resolve into it
+    // (a widening); resolved, nothing allowed meets it.
+    let new = policy(&allow, &["10.20.9.0/24"]);
+    let (code, out) = diff(&new, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("- deny   10.30.0.0/16  (old.yaml:9:7)  widens: tcp 443"),
+        "{out}"
+    );
+    let (code, out) = diff(&new, true);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("- deny   10.30.0.0/16  (old.yaml:9:7)\n"),
+        "{out}"
+    );
+    assert!(out.contains("access changed, not widened"), "{out}");
+
+    // The deny block an allowed name resolves into, removed: the name's address shows.
+    let new = policy(&allow, &["10.30.0.0/16"]);
+    let (code, out) = diff(&new, true);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("+ address 10.20.9.5 (api.test)  (new.yaml:5:7)  widens: tcp 443"),
+        "{out}"
+    );
+
+    // A block that now covers an allowed name's address: offline only the block shows.
+    let wider = ["api.test:443", "ok.test:443", "192.0.2.0/24"];
+    let new = policy(&wider, &["10.20.9.0/24", "10.30.0.0/16"]);
+    let (code, out) = diff(&new, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(!out.contains("address"), "{out}");
+    let (code, out) = diff(&new, true);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "+ address 192.0.2.20 (ok.test)  (new.yaml:6:7)  widens: tcp 1-442,444-65535; \
+             udp every port; protocols without ports (ICMP, …)"
+        ),
+        "{out}"
+    );
+    let (code, value) = json(&dir, &["--resolve", "old.yaml", "new.yaml"]);
+    assert_eq!(code, 1);
+    let change = value["policies"][0]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["key"] == "address")
+        .expect("an address change");
+    assert_eq!(change["value"], "192.0.2.20 (ok.test)");
+    assert_eq!(change["widens"], true);
+
+    // A deny that now holds an allowed name's address narrows it.
+    let new = policy(&allow, &["10.20.9.0/24", "10.30.0.0/16", "192.0.2.20"]);
+    let (code, out) = diff(&new, true);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("- address 192.0.2.20 (ok.test): tcp 443  (new.yaml:10:7)"),
+        "{out}"
+    );
+
+    // A name without an answer is compared by name, and said so.
+    let with_gone = ["api.test:443", "ok.test:443", "gone.test:443"];
+    dir.write(
+        "old.yaml",
+        &policy(&with_gone, &["10.20.9.0/24", "10.30.0.0/16"]),
+    );
+    let (code, out) = diff(&policy(&with_gone, &["10.20.9.0/24", "10.30.0.0/16"]), true);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("note: `gone.test` does not resolve on the new side (NXDOMAIN"),
+        "{out}"
+    );
+}

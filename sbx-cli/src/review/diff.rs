@@ -1,6 +1,9 @@
 //! `sbx diff`: what access changes between two versions of a policy, after `extends` and
-//! merging, and whether it widens. Offline: entries are compared by meaning (targets, ports,
-//! protocol), never by what names resolve to.
+//! merging, and whether it widens. Offline by default: entries are compared by meaning
+//! (targets, ports, protocol), never by what names resolve to. With each side's answers
+//! (`--resolve`), a host name is compared by its addresses where it meets an address entry or
+//! another name, and every address a name resolves to is compared as a destination of its own
+//! (see [`address_changes`]).
 //!
 //! A change widens when the new policy admits a connection the old one did not:
 //! - a mode that reaches more (`none` < `allowlist` < `open`);
@@ -8,16 +11,23 @@
 //!   (and that no new deny entry takes away again);
 //! - a deny entry, or the part of one, that no new deny entry holds any more, where the new
 //!   policy could reach it (in `open` mode always; in `allowlist` mode when an allow entry may
-//!   meet its target: names and addresses may always meet, since resolution is not compared);
+//!   meet its target: offline, names and addresses may always meet; resolved, by addresses);
+//! - with answers, an address a name resolves to that the new policy reaches on more ports or
+//!   protocols than the old one;
 //! - a DNS server added (its answers decide which addresses names reach), or a longer
 //!   `dns.grace` (answered addresses stay reachable longer).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::Serialize;
 
 use super::access::Access;
+use super::explain::{self, Reason};
 use crate::policy::name::is_strictly_below;
 use crate::policy::{Entry, Mode, Policy, Rule, Target};
+use crate::resolve::Answers;
 
 /// The changes of one policy file between two sides. A side is `None` when the file is not a
 /// policy there (absent, or a base file without a mode).
@@ -28,6 +38,16 @@ pub struct PolicyDiff {
     pub status: Status,
     pub widened: bool,
     pub changes: Vec<Change>,
+    /// What the comparison could not see (with `--resolve`: names that did not resolve).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// What each side's host names resolve to, each side with its own `dns` settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Resolution<'a> {
+    pub old: &'a Answers,
+    pub new: &'a Answers,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -61,7 +81,7 @@ impl Sign {
 #[derive(Debug, Clone, Serialize)]
 pub struct Change {
     pub change: Sign,
-    /// `mode`, `allow`, `deny`, `dns.servers`, `dns.timeout`, …
+    /// `mode`, `allow`, `deny`, `address` (with `--resolve`), `dns.servers`, `dns.timeout`, …
     pub key: &'static str,
     /// The entry, or `old → new` for a setting.
     pub value: String,
@@ -73,14 +93,21 @@ pub struct Change {
     pub widened: Option<String>,
 }
 
-/// The changes between `old` and `new`, either of which may be absent.
-pub fn diff(path: String, old: Option<&Policy>, new: Option<&Policy>) -> PolicyDiff {
+/// The changes between `old` and `new`, either of which may be absent; with `resolution`, by
+/// addresses too.
+pub fn diff(
+    path: String,
+    old: Option<&Policy>,
+    new: Option<&Policy>,
+    resolution: Option<Resolution<'_>>,
+) -> PolicyDiff {
     let mut changes = Vec::new();
+    let mut notes = Vec::new();
     match (old, new) {
         (Some(old), Some(new)) => {
             mode_change(old, new, &mut changes);
             allow_changes(old, new, &mut changes);
-            deny_changes(old, new, &mut changes);
+            deny_changes(old, new, resolution, &mut changes);
             dns_changes(old, new, &mut changes);
         }
         (None, Some(new)) => {
@@ -118,6 +145,9 @@ pub fn diff(path: String, old: Option<&Policy>, new: Option<&Policy>) -> PolicyD
         }
         (None, None) => {}
     }
+    if let Some(resolution) = resolution {
+        address_changes(old, new, resolution, &mut changes, &mut notes);
+    }
     let status = match (old, new) {
         (None, Some(_)) => Status::Added,
         (Some(_), None) => Status::Removed,
@@ -129,6 +159,7 @@ pub fn diff(path: String, old: Option<&Policy>, new: Option<&Policy>) -> PolicyD
         status,
         widened: changes.iter().any(|c| c.widens),
         changes,
+        notes,
     }
 }
 
@@ -196,7 +227,12 @@ fn allow_changes(old: &Policy, new: &Policy, changes: &mut Vec<Change>) {
     }
 }
 
-fn deny_changes(old: &Policy, new: &Policy, changes: &mut Vec<Change>) {
+fn deny_changes(
+    old: &Policy,
+    new: &Policy,
+    resolution: Option<Resolution<'_>>,
+    changes: &mut Vec<Change>,
+) {
     for rule in new.deny.iter().filter(|r| !has(&old.deny, &r.entry)) {
         changes.push(entry_change(Sign::Added, "deny", rule, &Access::default()));
     }
@@ -208,7 +244,12 @@ fn deny_changes(old: &Policy, new: &Policy, changes: &mut Vec<Change>) {
             Mode::Allowlist => new
                 .allow
                 .iter()
-                .filter(|a| may_meet(&a.entry.target, &rule.entry.target))
+                .filter(|a| match resolution {
+                    None => may_meet(&a.entry.target, &rule.entry.target),
+                    Some(r) => {
+                        may_meet_resolved((&a.entry.target, r.new), (&rule.entry.target, r.old))
+                    }
+                })
                 .fold(Access::default(), |acc, a| acc.union(&Access::of(&a.entry)))
                 .intersect(&released),
         };
@@ -240,6 +281,132 @@ fn may_meet(a: &Target, b: &Target) -> bool {
             (Some(x), Some(y)) => x.contains(&y.network()) || y.contains(&x.network()),
             _ => true,
         },
+    }
+}
+
+/// The addresses a target stands for, when they are known: an address or block as written, a
+/// host name by its answer. `None` for a wildcard (its names are the command's to ask) and a
+/// name without an answer.
+fn known_addresses(target: &Target, answers: &Answers) -> Option<Vec<IpNet>> {
+    match target {
+        Target::Addr(addr) => Some(vec![IpNet::from(*addr)]),
+        Target::Net(net) => Some(vec![*net]),
+        Target::Host(name) => match answers.get(name.as_str()) {
+            Some(Ok(answer)) => Some(answer.addresses.iter().map(|a| IpNet::from(a.ip)).collect()),
+            _ => None,
+        },
+        Target::Wildcard(_) => None,
+    }
+}
+
+/// [`may_meet`], with host names compared by their addresses where both targets' addresses are
+/// known: an allowed name and a denied block or name meet when an address is in both.
+fn may_meet_resolved(a: (&Target, &Answers), b: (&Target, &Answers)) -> bool {
+    if a.0 == b.0 {
+        return true;
+    }
+    match (known_addresses(a.0, a.1), known_addresses(b.0, b.1)) {
+        (Some(x), Some(y)) => x.iter().any(|x| {
+            y.iter()
+                .any(|y| x.contains(&y.network()) || y.contains(&x.network()))
+        }),
+        _ => may_meet(a.0, b.0),
+    }
+}
+
+/// Each address a side's host names resolve to, with those names, sorted.
+fn addresses_of(answers: &Answers) -> BTreeMap<IpAddr, BTreeSet<&str>> {
+    let mut by_addr: BTreeMap<IpAddr, BTreeSet<&str>> = BTreeMap::new();
+    for (name, answer) in answers {
+        if let Ok(answer) = answer {
+            for a in &answer.addresses {
+                by_addr.entry(a.ip).or_default().insert(name.as_str());
+            }
+        }
+    }
+    by_addr
+}
+
+/// With answers, every address a name of either side resolves to is a destination compared by
+/// itself: what the old policy admitted towards it against what the new one admits (address
+/// and block entries, the addresses of allowed names, less deny entries and the addresses of
+/// denied names), so that a block that now covers an allowed name's address, or a deny entry
+/// removed from under one, shows with the name that led to it. More reached widens.
+fn address_changes(
+    old: Option<&Policy>,
+    new: Option<&Policy>,
+    resolution: Resolution<'_>,
+    changes: &mut Vec<Change>,
+    notes: &mut Vec<String>,
+) {
+    let (old_names, new_names) = (addresses_of(resolution.old), addresses_of(resolution.new));
+    let every: BTreeSet<IpAddr> = old_names.keys().chain(new_names.keys()).copied().collect();
+    let judge = |policy: Option<&Policy>, answers: &Answers, addr: IpAddr| match policy {
+        Some(policy) => explain::judge_address(policy, addr, answers),
+        None => (Access::default(), Reason::NotInAllowlist),
+    };
+    let label = |addr: IpAddr, names: &BTreeMap<IpAddr, BTreeSet<&str>>| {
+        let names: Vec<&str> = names
+            .get(&addr)
+            .map(|n| n.iter().copied().collect())
+            .unwrap_or_default();
+        format!("{addr} ({})", names.join(", "))
+    };
+    let origin = |reason: &Reason| match reason {
+        Reason::AllowedBy(rule) => Some(rule.origin.to_string()),
+        Reason::DeniedBy { deny, .. } | Reason::NameRefused { deny, .. } => {
+            Some(deny.origin.to_string())
+        }
+        Reason::Open(origin) | Reason::ModeNone(origin) => Some(origin.to_string()),
+        Reason::NotInAllowlist | Reason::OtherPorts(_) | Reason::HostLoopback => None,
+    };
+    for addr in every {
+        let (before, why_before) = judge(old, resolution.old, addr);
+        let (after, why_after) = judge(new, resolution.new, addr);
+        let gained = after.minus(&before);
+        if !gained.is_empty() {
+            changes.push(Change {
+                change: Sign::Added,
+                key: "address",
+                value: label(addr, &new_names),
+                origin: origin(&why_after),
+                widens: true,
+                widened: Some(gained.to_string()),
+            });
+        }
+        let lost = before.minus(&after);
+        if !lost.is_empty() {
+            let names = if old_names.contains_key(&addr) {
+                &old_names
+            } else {
+                &new_names
+            };
+            // Where it was lost: the deny entry or mode that holds it now, or else the old
+            // entry that admitted it.
+            let at = match why_after {
+                Reason::DeniedBy { .. } | Reason::NameRefused { .. } | Reason::ModeNone(_) => {
+                    origin(&why_after)
+                }
+                _ => origin(&why_before),
+            };
+            changes.push(Change {
+                change: Sign::Removed,
+                key: "address",
+                value: format!("{}: {lost}", label(addr, names)),
+                origin: at,
+                widens: false,
+                widened: None,
+            });
+        }
+    }
+    for (side, answers) in [("old", resolution.old), ("new", resolution.new)] {
+        for (name, answer) in answers {
+            if let Err(failure) = answer {
+                notes.push(format!(
+                    "`{name}` does not resolve on the {side} side ({failure}): compared by name only"
+                ));
+            }
+        }
     }
 }
 
@@ -331,5 +498,42 @@ mod tests {
         assert!(may_meet(&net("10.0.0.0/8"), &addr("10.1.2.3")));
         assert!(may_meet(&net("10.1.0.0/16"), &net("10.0.0.0/8")));
         assert!(!may_meet(&net("10.0.0.0/8"), &addr("192.0.2.1")));
+    }
+
+    #[test]
+    fn resolved_names_meet_by_their_addresses() {
+        use crate::resolve::{Address, Answer, Failure};
+        let answer = |ips: &[&str]| {
+            Ok(Answer {
+                cnames: Vec::new(),
+                addresses: ips
+                    .iter()
+                    .map(|ip| Address {
+                        ip: ip.parse().unwrap(),
+                        ttl: 60,
+                    })
+                    .collect(),
+            })
+        };
+        let answers: Answers = [
+            ("a.test".to_string(), answer(&["10.1.2.3"])),
+            ("b.test".to_string(), answer(&["10.1.2.3", "192.0.2.9"])),
+            ("c.test".to_string(), answer(&["198.51.100.1"])),
+            ("gone.test".to_string(), Err(Failure::NxDomain)),
+        ]
+        .into_iter()
+        .collect();
+        let host = |h: &str| Target::Host(h.into());
+        let net = |n: &str| Target::Net(n.parse().unwrap());
+        let meet = |a: &Target, b: &Target| may_meet_resolved((a, &answers), (b, &answers));
+        assert!(meet(&host("a.test"), &net("10.0.0.0/8")));
+        assert!(!meet(&host("c.test"), &net("10.0.0.0/8")));
+        // Two names that share an address meet; offline they do not.
+        assert!(meet(&host("a.test"), &host("b.test")));
+        assert!(!may_meet(&host("a.test"), &host("b.test")));
+        assert!(!meet(&host("a.test"), &host("c.test")));
+        // Without an answer, or for a wildcard, the offline rule holds.
+        assert!(meet(&host("gone.test"), &net("10.0.0.0/8")));
+        assert!(meet(&Target::Wildcard("x.test".into()), &addr("192.0.2.1")));
     }
 }
