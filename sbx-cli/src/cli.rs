@@ -224,10 +224,12 @@ enum Command {
             each side's host names are resolved by sbx (with that side's `dns` settings, as \
             `sbx plan` does), and every address they resolve to is compared as a destination \
             of its own (`address` lines, with the names that led to it): a block that now \
-            covers an allowed name's address, or a deny entry removed from under it, shows; a \
-            removed deny entry widens only where an allowed name's addresses (or an allowed \
-            address or block) meet it. Wildcards cannot be resolved ahead of time and are still \
-            compared by name.\n\n\
+            covers an allowed name's address, or a deny entry removed from under it, shows, and \
+            a removed deny entry that an allowed name's addresses meet now widens (two names \
+            that share an address). Answers only add to what widens: where no allowed name \
+            resolves into a removed deny entry now, a note says so, and it still widens, since \
+            whoever answers for a name decides where it resolves next. Wildcards cannot be \
+            resolved ahead of time and are compared by name.\n\n\
             Exit status: 0 when no access widened, 1 when some did (a review gate), 2 for errors \
             (a policy that does not load, a git problem, a usage error).",
         after_help = "Examples:\n  sbx diff old/github.yaml policies/github.yaml\n  sbx diff --git origin/main...HEAD policies/\n  sbx diff --git HEAD --format markdown > comment.md\n  sbx diff --resolve --git origin/main...HEAD policies/"
@@ -273,7 +275,8 @@ enum Command {
             an address in an allowed block is reachable by address even where the DNS service \
             refuses the name. The verdict is then that of the addresses: allowed when every \
             one is, denied when none is. An address DEST is judged with the names that resolve \
-            to it.\n\n\
+            to it. The answers are those of now: whoever answers for a name decides where it \
+            resolves next, so `sbx test` stays offline.\n\n\
             Exit status: 0 allowed, 1 denied (or only partly allowed), 2 for errors.",
         after_help = "Examples:\n  sbx explain policies/github.yaml api.github.com:443\n  sbx explain policies/github.yaml gist.github.com:443\n  sbx explain policies/rust-build.yaml 169.254.169.254:80\n  sbx explain ci.yaml ntp.example.net:123/udp\n  sbx explain --resolve policies/github.yaml github.com:443"
     )]

@@ -317,11 +317,12 @@ fn a_bad_revision_exits_2() {
 #[test]
 fn resolve_compares_the_addresses_names_resolve_to() {
     use common::dns::{DnsServer, Zone};
-    let server = DnsServer::start(Zone::new().addrs("api.test", &["10.20.9.5"], 300).addrs(
-        "ok.test",
-        &["192.0.2.20"],
-        300,
-    ));
+    let server = DnsServer::start(
+        Zone::new()
+            .addrs("api.test", &["10.20.9.5"], 300)
+            .addrs("ok.test", &["192.0.2.20"], 300)
+            .addrs("twin.test", &["192.0.2.20"], 300),
+    );
     let policy = |allow: &[&str], deny: &[&str]| {
         let list = |items: &[&str]| {
             items
@@ -354,8 +355,8 @@ fn resolve_compares_the_addresses_names_resolve_to() {
         (code, format!("{stdout}{stderr}"))
     };
 
-    // A deny block removed where no allowed name resolves: offline, names may resolve into it
-    // (a widening); resolved, nothing allowed meets it.
+    // A deny block removed where no allowed name resolves now: it still widens (a name may
+    // resolve there later), and the note says that none does now.
     let new = policy(&allow, &["10.20.9.0/24"]);
     let (code, out) = diff(&new, false);
     assert_eq!(code, 1, "{out}");
@@ -363,13 +364,34 @@ fn resolve_compares_the_addresses_names_resolve_to() {
         out.contains("- deny   10.30.0.0/16  (old.yaml:9:7)  widens: tcp 443"),
         "{out}"
     );
+    assert!(!out.contains("note:"), "{out}");
     let (code, out) = diff(&new, true);
-    assert_eq!(code, 0, "{out}");
+    assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("- deny   10.30.0.0/16  (old.yaml:9:7)\n"),
+        out.contains("note: `10.30.0.0/16` (old.yaml:9:7): no allowed name resolves into it now"),
         "{out}"
     );
-    assert!(out.contains("access changed, not widened"), "{out}");
+
+    // A denied name removed that shares its address with an allowed name: offline two names
+    // never meet; resolved, the allowed name's address is released.
+    dir.write("old.yaml", &policy(&allow, &["10.20.9.0/24", "twin.test"]));
+    let new = policy(&allow, &["10.20.9.0/24"]);
+    let (code, out) = diff(&new, false);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = diff(&new, true);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("- deny   twin.test  (old.yaml:9:7)  widens: tcp 443"),
+        "{out}"
+    );
+    assert!(
+        out.contains("+ address 192.0.2.20 (ok.test)  (new.yaml:6:7)  widens: tcp 443"),
+        "{out}"
+    );
+    dir.write(
+        "old.yaml",
+        &policy(&allow, &["10.20.9.0/24", "10.30.0.0/16"]),
+    );
 
     // The deny block an allowed name resolves into, removed: the name's address shows.
     let new = policy(&allow, &["10.30.0.0/16"]);

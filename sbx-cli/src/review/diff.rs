@@ -1,9 +1,11 @@
 //! `sbx diff`: what access changes between two versions of a policy, after `extends` and
 //! merging, and whether it widens. Offline by default: entries are compared by meaning
 //! (targets, ports, protocol), never by what names resolve to. With each side's answers
-//! (`--resolve`), a host name is compared by its addresses where it meets an address entry or
-//! another name, and every address a name resolves to is compared as a destination of its own
-//! (see [`address_changes`]).
+//! (`--resolve`), every address a name resolves to is compared as a destination of its own (see
+//! [`address_changes`]), and a removed deny entry that an allowed name's addresses meet now
+//! widens even where the offline rule says they cannot (two names that share an address).
+//! Answers only add: what they would take away (no allowed name resolves into a removed deny
+//! block now) is a note, since whoever answers for a name decides where it resolves next.
 //!
 //! A change widens when the new policy admits a connection the old one did not:
 //! - a mode that reaches more (`none` < `allowlist` < `open`);
@@ -11,7 +13,8 @@
 //!   (and that no new deny entry takes away again);
 //! - a deny entry, or the part of one, that no new deny entry holds any more, where the new
 //!   policy could reach it (in `open` mode always; in `allowlist` mode when an allow entry may
-//!   meet its target: offline, names and addresses may always meet; resolved, by addresses);
+//!   meet its target: names and addresses may always meet; with answers, also names whose
+//!   addresses meet);
 //! - with answers, an address a name resolves to that the new policy reaches on more ports or
 //!   protocols than the old one;
 //! - a DNS server added (its answers decide which addresses names reach), or a longer
@@ -107,7 +110,7 @@ pub fn diff(
         (Some(old), Some(new)) => {
             mode_change(old, new, &mut changes);
             allow_changes(old, new, &mut changes);
-            deny_changes(old, new, resolution, &mut changes);
+            deny_changes(old, new, resolution, &mut changes, &mut notes);
             dns_changes(old, new, &mut changes);
         }
         (None, Some(new)) => {
@@ -232,26 +235,45 @@ fn deny_changes(
     new: &Policy,
     resolution: Option<Resolution<'_>>,
     changes: &mut Vec<Change>,
+    notes: &mut Vec<String>,
 ) {
     for rule in new.deny.iter().filter(|r| !has(&old.deny, &r.entry)) {
         changes.push(entry_change(Sign::Added, "deny", rule, &Access::default()));
     }
     for rule in old.deny.iter().filter(|r| !has(&new.deny, &r.entry)) {
         let released = Access::of(&rule.entry).minus(&covering(&new.deny, &rule.entry));
+        let meeting = |meets: &dyn Fn(&Target) -> bool| {
+            new.allow
+                .iter()
+                .filter(|a| meets(&a.entry.target))
+                .fold(Access::default(), |acc, a| acc.union(&Access::of(&a.entry)))
+                .intersect(&released)
+        };
         let reachable = match new.mode.value {
             Mode::None => Access::default(),
             Mode::Open => released,
-            Mode::Allowlist => new
-                .allow
-                .iter()
-                .filter(|a| match resolution {
-                    None => may_meet(&a.entry.target, &rule.entry.target),
+            Mode::Allowlist => {
+                let may = meeting(&|t| may_meet(t, &rule.entry.target));
+                match resolution {
+                    None => may,
+                    // Answers add what meets now (two names that share an address); they take
+                    // nothing away, since a name may resolve elsewhere tomorrow, and a review
+                    // gate must not rest on whoever answers for a name today.
                     Some(r) => {
-                        may_meet_resolved((&a.entry.target, r.new), (&rule.entry.target, r.old))
+                        let now = meeting(&|t| {
+                            may_meet_resolved((t, r.new), (&rule.entry.target, r.old))
+                        });
+                        if now.is_empty() && !may.is_empty() {
+                            notes.push(format!(
+                                "`{}` ({}): no allowed name resolves into it now; it widens \
+                                 for where they may resolve later",
+                                rule.entry, rule.origin
+                            ));
+                        }
+                        may.union(&now)
                     }
-                })
-                .fold(Access::default(), |acc, a| acc.union(&Access::of(&a.entry)))
-                .intersect(&released),
+                }
+            }
         };
         changes.push(entry_change(Sign::Removed, "deny", rule, &reachable));
     }
@@ -299,8 +321,8 @@ fn known_addresses(target: &Target, answers: &Answers) -> Option<Vec<IpNet>> {
     }
 }
 
-/// [`may_meet`], with host names compared by their addresses where both targets' addresses are
-/// known: an allowed name and a denied block or name meet when an address is in both.
+/// Whether two targets meet by the addresses they have now, where both are known (an allowed
+/// name and a denied block or name, when an address is in both); otherwise [`may_meet`].
 fn may_meet_resolved(a: (&Target, &Answers), b: (&Target, &Answers)) -> bool {
     if a.0 == b.0 {
         return true;
