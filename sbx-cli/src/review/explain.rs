@@ -511,7 +511,7 @@ fn offline_notes(
                 notes.push(format!(
                     "judged by name: deny entries of addresses and blocks, such as {rule}, \
                      also hold the addresses `{name}` resolves to, if it resolves into them \
-                     (`--resolve` looks)"
+                     (`sbx explain --resolve` looks)"
                 ));
             }
         }
@@ -532,7 +532,7 @@ fn offline_notes(
             {
                 notes.push(format!(
                     "judged by address: a denied name, such as {rule}, takes {addr} away if it \
-                     resolves to it (`--resolve` looks)"
+                     resolves to it (`sbx explain --resolve` looks)"
                 ));
             }
         }
