@@ -215,7 +215,8 @@ enum Command {
             merge base with A, as a pull request is reviewed), `A..` (A and HEAD) or `A` (A and \
             the working tree). PATHS (default: the whole repository) limit the policies compared.\n\n\
             Each line is an entry or setting added (+), removed (-) or changed (~), with the \
-            file:line:column it comes from on its side. A change widens when the new policy \
+            file:line:column it comes from on its side (a `dns` setting changed back to its \
+            default: where the old side set it; a default server: none). A change widens when the new policy \
             admits a connection the old one did not: a mode that reaches more (none < allowlist \
             < open), an allow entry (or the ports of one) no old entry held, a deny entry \
             dropped where the policy can reach it, a DNS server added, a longer `dns.grace`.\n\n\

@@ -106,7 +106,7 @@ fn mode_deny_and_dns_changes() {
     dir.write("old.yaml", OLD);
     dir.write(
         "open.yaml",
-        "version: 1\nnetwork:\n  mode: open\ndns:\n  servers: [9.9.9.9]\n",
+        "version: 1\nnetwork:\n  mode: open\ndns:\n  servers: [9.9.9.9]\n  grace: 1m\n",
     );
     let (code, value) = json(&dir, &["old.yaml", "open.yaml"]);
     assert_eq!(code, 1);
@@ -126,7 +126,15 @@ fn mode_deny_and_dns_changes() {
     assert_eq!(deny["value"], "169.254.169.254");
     assert_eq!(deny["origin"], "base.yaml:4:7");
     assert_eq!(deny["widens"], true);
-    assert_eq!(keyed("dns.servers", "added")["widens"], true);
+    let server = keyed("dns.servers", "added");
+    assert_eq!(server["widens"], true);
+    assert_eq!(server["origin"], "open.yaml:5:13");
+    let grace = keyed("dns.grace", "changed");
+    assert_eq!(grace["value"], "30s → 1m");
+    assert_eq!(grace["origin"], "open.yaml:6:10");
+    assert_eq!(grace["widens"], true);
+    // A default is written nowhere.
+    assert_eq!(keyed("dns.servers", "removed")["origin"], Value::Null);
     // The other way round narrows, but for the DNS server it brings (`system`).
     let (_, value) = json(&dir, &["open.yaml", "old.yaml"]);
     let widening: Vec<&Value> = value["policies"][0]["changes"]

@@ -29,7 +29,7 @@ use serde::Serialize;
 use super::access::Access;
 use super::explain::{self, Reason};
 use crate::policy::name::is_strictly_below;
-use crate::policy::{Entry, Mode, Policy, Rule, Target};
+use crate::policy::{Entry, Mode, Origin, Policy, Rule, Target};
 use crate::resolve::Answers;
 
 /// The changes of one policy file between two sides. A side is `None` when the file is not a
@@ -434,39 +434,51 @@ fn address_changes(
 
 fn dns_changes(old: &Policy, new: &Policy, changes: &mut Vec<Change>) {
     let (o, n) = (&old.dns, &new.dns);
-    for server in n.servers.iter().filter(|s| !o.servers.contains(s)) {
-        changes.push(setting(
-            Sign::Added,
-            "dns.servers",
-            server.to_string(),
-            true,
-        ));
+    let server_origin = |dns: &crate::policy::Dns, at: usize| dns.origins.servers.get(at).cloned();
+    for (at, server) in n.servers.iter().enumerate() {
+        if !o.servers.contains(server) {
+            let origin = server_origin(n, at);
+            changes.push(setting(
+                Sign::Added,
+                "dns.servers",
+                server.to_string(),
+                origin,
+                true,
+            ));
+        }
     }
-    for server in o.servers.iter().filter(|s| !n.servers.contains(s)) {
-        changes.push(setting(
-            Sign::Removed,
-            "dns.servers",
-            server.to_string(),
-            false,
-        ));
+    for (at, server) in o.servers.iter().enumerate() {
+        if !n.servers.contains(server) {
+            let origin = server_origin(o, at);
+            changes.push(setting(
+                Sign::Removed,
+                "dns.servers",
+                server.to_string(),
+                origin,
+                false,
+            ));
+        }
     }
+    // A changed setting is shown where the new side sets it, or, back to its default, where
+    // the old side did.
+    let at = |new: &Option<Origin>, old: &Option<Origin>| new.clone().or_else(|| old.clone());
+    let (no, oo) = (&n.origins, &o.origins);
     let duration = |d: std::time::Duration| humantime::format_duration(d).to_string();
     if o.timeout != n.timeout {
         let value = format!("{} → {}", duration(o.timeout), duration(n.timeout));
-        changes.push(setting(Sign::Changed, "dns.timeout", value, false));
+        let origin = at(&no.timeout, &oo.timeout);
+        changes.push(setting(Sign::Changed, "dns.timeout", value, origin, false));
     }
     if o.grace != n.grace {
         let value = format!("{} → {}", duration(o.grace), duration(n.grace));
-        changes.push(setting(
-            Sign::Changed,
-            "dns.grace",
-            value,
-            n.grace > o.grace,
-        ));
+        let origin = at(&no.grace, &oo.grace);
+        let widens = n.grace > o.grace;
+        changes.push(setting(Sign::Changed, "dns.grace", value, origin, widens));
     }
     if o.attempts != n.attempts {
         let value = format!("{} → {}", o.attempts, n.attempts);
-        changes.push(setting(Sign::Changed, "dns.attempts", value, false));
+        let origin = at(&no.attempts, &oo.attempts);
+        changes.push(setting(Sign::Changed, "dns.attempts", value, origin, false));
     }
     if o.on_resolve_failure != n.on_resolve_failure {
         let text = |f| match f {
@@ -478,22 +490,30 @@ fn dns_changes(old: &Policy, new: &Policy, changes: &mut Vec<Change>) {
             text(o.on_resolve_failure),
             text(n.on_resolve_failure)
         );
+        let origin = at(&no.on_resolve_failure, &oo.on_resolve_failure);
         changes.push(setting(
             Sign::Changed,
             "dns.on_resolve_failure",
             value,
+            origin,
             false,
         ));
     }
 }
 
-/// A DNS setting: the policy keeps no provenance for these once composed.
-fn setting(sign: Sign, key: &'static str, value: String, widens: bool) -> Change {
+/// A DNS setting, at the place it was written (`None`: a default, written nowhere).
+fn setting(
+    sign: Sign,
+    key: &'static str,
+    value: String,
+    origin: Option<Origin>,
+    widens: bool,
+) -> Change {
     Change {
         change: sign,
         key,
         value,
-        origin: None,
+        origin: origin.map(|o| o.to_string()),
         widens,
         widened: None,
     }
