@@ -420,7 +420,7 @@ fn resolve_compares_the_addresses_names_resolve_to() {
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(
-            "+ address 192.0.2.20 (ok.test)  (new.yaml:6:7)  widens: tcp 1-442,444-65535; \
+            "+ address 192.0.2.20 (ok.test)  (new.yaml:7:7)  widens: tcp 1-442,444-65535; \
              udp every port; protocols without ports (ICMP, …)"
         ),
         "{out}"

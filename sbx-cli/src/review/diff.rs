@@ -387,11 +387,22 @@ fn address_changes(
         let (after, why_after) = judge(new, resolution.new, addr);
         let gained = after.minus(&before);
         if !gained.is_empty() {
+            // Every entry that admits some of what is gained, where there are several.
+            let admitting: Vec<String> = new
+                .map(|p| explain::admitting(p, addr, resolution.new, &gained))
+                .unwrap_or_default()
+                .iter()
+                .map(|r| r.origin.to_string())
+                .collect();
             changes.push(Change {
                 change: Sign::Added,
                 key: "address",
                 value: label(addr, &new_names),
-                origin: origin(&why_after),
+                origin: if admitting.is_empty() {
+                    origin(&why_after)
+                } else {
+                    Some(admitting.join(", "))
+                },
                 widens: true,
                 widened: Some(gained.to_string()),
             });

@@ -307,6 +307,26 @@ pub fn judge_address(policy: &Policy, addr: IpAddr, answers: &Answers) -> (Acces
     (j.allowed, j.reason)
 }
 
+/// The allow entries of `policy` that admit some of `within` towards `addr`, with the policy's
+/// names resolved as `answers` says.
+pub fn admitting<'p>(
+    policy: &'p Policy,
+    addr: IpAddr,
+    answers: &Answers,
+    within: &Access,
+) -> Vec<&'p Rule> {
+    let cx = Context {
+        answers: Some(answers),
+        via: None,
+    };
+    policy
+        .allow
+        .iter()
+        .filter(|r| names(&r.entry.target, &Dest::Addr(addr), cx))
+        .filter(|r| Access::of(&r.entry).overlaps(within))
+        .collect()
+}
+
 /// Whether sbx's DNS service answers the command's question for `name`: in allowlist mode,
 /// when an allow entry names it and no deny entry does.
 fn gate_answers(policy: &Policy, name: &HostName) -> bool {
