@@ -347,10 +347,29 @@ struct Judged {
 
 /// The verdict for one destination (a name by name, an address by address) and its reason.
 fn judge(policy: &Policy, dest: &Dest, asked_for: &Access, cx: Context<'_>) -> Judged {
+    // The allowed exact names that resolve to the address: sbx admits each one's answer when
+    // the sandbox starts, for the ports of every allow entry that matches the name, wildcards
+    // included (what the DNS service does for an answer).
+    let started: Vec<&str> = match dest {
+        Dest::Addr(addr) => policy
+            .allow
+            .iter()
+            .filter_map(|r| match &r.entry.target {
+                Target::Host(h) if resolves_to(cx.answers, h, *addr) => Some(h.as_str()),
+                _ => None,
+            })
+            .collect(),
+        Dest::Name(_) => Vec::new(),
+    };
+    let admitted_at_start = |target: &Target| match target {
+        Target::Host(h) => started.contains(&h.as_str()),
+        Target::Wildcard(suffix) => started.iter().any(|n| is_strictly_below(n, suffix)),
+        _ => false,
+    };
     let allow: Vec<&Rule> = policy
         .allow
         .iter()
-        .filter(|r| names(&r.entry.target, dest, cx))
+        .filter(|r| names(&r.entry.target, dest, cx) || admitted_at_start(&r.entry.target))
         .collect();
     let deny: Vec<&Rule> = policy
         .deny
@@ -676,6 +695,67 @@ fn reason_lines(reason: &Reason, addr: Option<IpAddr>, asked: Option<&str>) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resolve::{Address, Answer};
+
+    fn policy(text: &str) -> Policy {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        std::fs::write(&path, text).unwrap();
+        let mut loader = crate::policy::Loader::new();
+        loader.load(&path).expect("a valid policy")
+    }
+
+    fn answers(entries: &[(&str, &str)]) -> Answers {
+        entries
+            .iter()
+            .map(|(name, ip)| {
+                let answer = Answer {
+                    cnames: Vec::new(),
+                    addresses: vec![Address {
+                        ip: ip.parse().unwrap(),
+                        ttl: 60,
+                    }],
+                };
+                (name.to_string(), Ok(answer))
+            })
+            .collect()
+    }
+
+    /// An exact name's answer is admitted at start for the ports of every allow entry that
+    /// matches the name, as the sandbox's DNS service admits it; a deny wildcard holds no
+    /// address, a deny name holds its own.
+    #[test]
+    fn addresses_as_the_sandbox_admits_them_at_start() {
+        let p = policy(
+            "version: 1\nnetwork:\n  mode: allowlist\n  allow:\n    - api.x.test:443\n\
+             \x20   - \"*.x.test:8080\"\n  deny:\n    - \"*.y.test\"\n    - bad.test:22\n",
+        );
+        let a = answers(&[
+            ("api.x.test", "192.0.2.1"),
+            ("bad.test", "192.0.2.1"),
+            ("other.x.test", "192.0.2.2"),
+        ]);
+        let (access, _) = judge_address(&p, "192.0.2.1".parse().unwrap(), &a);
+        assert_eq!(access.to_string(), "tcp 443,8080");
+        // A name under the wildcard, not in the policy, is admitted only when asked for.
+        let (access, reason) = judge_address(&p, "192.0.2.2".parse().unwrap(), &a);
+        assert!(access.is_empty());
+        assert!(matches!(reason, Reason::NotInAllowlist));
+        let q = Query::parse("other.x.test:8080").unwrap();
+        let e = explain_resolved(&p, &q, Some(&a));
+        assert_eq!(e.verdict, Verdict::Allowed);
+        // A deny name holds its address on its own ports, whichever name leads there.
+        let q = Query::parse("api.x.test:22").unwrap();
+        let e = explain_resolved(&p, &q, Some(&a));
+        assert_eq!(e.verdict, Verdict::Denied);
+        let Some(Ok(list)) = &e.addresses else {
+            panic!("{e:?}")
+        };
+        assert!(
+            matches!(&list[0].reason, Reason::DeniedBy { deny, .. } if deny.entry.to_string() == "bad.test:22"),
+            "{list:?}"
+        );
+    }
 
     #[test]
     fn queries() {
