@@ -277,7 +277,7 @@ pub fn explain_resolved(policy: &Policy, query: &Query, answers: Option<&Answers
     if is_host_loopback(&dest) {
         notes.push(
             "this is the host's loopback: a server the command starts itself is always \
-             reachable there, and the host's services only through an entry that names it"
+             reachable there, and the host's services only through an entry that names them"
                 .into(),
         );
     }
@@ -319,10 +319,8 @@ pub fn admitting<'p>(
         answers: Some(answers),
         via: None,
     };
-    policy
-        .allow
-        .iter()
-        .filter(|r| names(&r.entry.target, &Dest::Addr(addr), cx))
+    allow_rules(policy, &Dest::Addr(addr), cx)
+        .into_iter()
         .filter(|r| Access::of(&r.entry).overlaps(within))
         .collect()
 }
@@ -345,11 +343,11 @@ struct Judged {
     reason: Reason,
 }
 
-/// The verdict for one destination (a name by name, an address by address) and its reason.
-fn judge(policy: &Policy, dest: &Dest, asked_for: &Access, cx: Context<'_>) -> Judged {
-    // The allowed exact names that resolve to the address: sbx admits each one's answer when
-    // the sandbox starts, for the ports of every allow entry that matches the name, wildcards
-    // included (what the DNS service does for an answer).
+/// The allow entries that name the destination. At an address, with answers, also those that
+/// match an allowed exact name resolving to it: sbx admits each such name's answer when the
+/// sandbox starts, for the ports of every allow entry that matches the name, wildcards included
+/// (as the DNS service admits any answer).
+fn allow_rules<'p>(policy: &'p Policy, dest: &Dest, cx: Context<'_>) -> Vec<&'p Rule> {
     let started: Vec<&str> = match dest {
         Dest::Addr(addr) => policy
             .allow
@@ -366,11 +364,16 @@ fn judge(policy: &Policy, dest: &Dest, asked_for: &Access, cx: Context<'_>) -> J
         Target::Wildcard(suffix) => started.iter().any(|n| is_strictly_below(n, suffix)),
         _ => false,
     };
-    let allow: Vec<&Rule> = policy
+    policy
         .allow
         .iter()
         .filter(|r| names(&r.entry.target, dest, cx) || admitted_at_start(&r.entry.target))
-        .collect();
+        .collect()
+}
+
+/// The verdict for one destination (a name by name, an address by address) and its reason.
+fn judge(policy: &Policy, dest: &Dest, asked_for: &Access, cx: Context<'_>) -> Judged {
+    let allow = allow_rules(policy, dest, cx);
     let deny: Vec<&Rule> = policy
         .deny
         .iter()
