@@ -232,7 +232,8 @@ enum Command {
             whoever answers for a name decides where it resolves next. Wildcards cannot be \
             resolved ahead of time and are compared by name.\n\n\
             Exit status: 0 when no access widened, 1 when some did (a review gate), 2 for errors \
-            (a policy that does not load, a git problem, a usage error).",
+            (a policy that does not load, a git problem, no DNS server to ask with --resolve, a \
+            usage error).",
         after_help = "Examples:\n  sbx diff old/github.yaml policies/github.yaml\n  sbx diff --git origin/main...HEAD policies/\n  sbx diff --git HEAD --format markdown > comment.md\n  sbx diff --resolve --git origin/main...HEAD policies/"
     )]
     Diff {
@@ -278,7 +279,8 @@ enum Command {
             one is, denied when none is. An address DEST is judged with the names that resolve \
             to it. The answers are those of now: whoever answers for a name decides where it \
             resolves next, so `sbx test` stays offline.\n\n\
-            Exit status: 0 allowed, 1 denied (or only partly allowed), 2 for errors.",
+            Exit status: 0 allowed, 1 denied (or only partly allowed), 2 for errors (with \
+            --resolve also: no DNS server to ask).",
         after_help = "Examples:\n  sbx explain policies/github.yaml api.github.com:443\n  sbx explain policies/github.yaml gist.github.com:443\n  sbx explain policies/rust-build.yaml 169.254.169.254:80\n  sbx explain ci.yaml ntp.example.net:123/udp\n  sbx explain --resolve policies/github.yaml github.com:443"
     )]
     Explain {
