@@ -454,6 +454,15 @@ fn resolve_compares_the_addresses_names_resolve_to() {
     let (code, out) = diff(&policy(&with_gone, &["10.20.9.0/24", "10.30.0.0/16"]), true);
     assert_eq!(code, 0, "{out}");
     assert!(
+        out.contains("note: `gone.test` does not resolve on either side (NXDOMAIN"),
+        "{out}"
+    );
+    dir.write(
+        "old.yaml",
+        &policy(&allow, &["10.20.9.0/24", "10.30.0.0/16"]),
+    );
+    let (_, out) = diff(&policy(&with_gone, &["10.20.9.0/24", "10.30.0.0/16"]), true);
+    assert!(
         out.contains("note: `gone.test` does not resolve on the new side (NXDOMAIN"),
         "{out}"
     );

@@ -387,7 +387,7 @@ fn address_changes(
         let (after, why_after) = judge(new, resolution.new, addr);
         let gained = after.minus(&before);
         if !gained.is_empty() {
-            // Every entry that admits some of what is gained, where there are several.
+            // A block and a name's entry may each add some of the gain: all of them are named.
             let admitting: Vec<String> = new
                 .map(|p| explain::admitting(p, addr, resolution.new, &gained))
                 .unwrap_or_default()
@@ -432,14 +432,29 @@ fn address_changes(
             });
         }
     }
-    for (side, answers) in [("old", resolution.old), ("new", resolution.new)] {
-        for (name, answer) in answers {
-            if let Err(failure) = answer {
-                notes.push(format!(
-                    "`{name}` does not resolve on the {side} side ({failure}): compared by name only"
-                ));
-            }
-        }
+    let failed = |answers: &'_ Answers| -> BTreeMap<String, String> {
+        answers
+            .iter()
+            .filter_map(|(name, a)| Some((name.clone(), a.as_ref().err()?.to_string())))
+            .collect()
+    };
+    let (old_failed, new_failed) = (failed(resolution.old), failed(resolution.new));
+    for (name, failure) in &new_failed {
+        let side = match old_failed.get(name) {
+            Some(before) if before == failure => "either side",
+            _ => "the new side",
+        };
+        notes.push(format!(
+            "`{name}` does not resolve on {side} ({failure}): compared by name only"
+        ));
+    }
+    for (name, failure) in old_failed
+        .iter()
+        .filter(|(name, failure)| new_failed.get(*name) != Some(*failure))
+    {
+        notes.push(format!(
+            "`{name}` does not resolve on the old side ({failure}): compared by name only"
+        ));
     }
 }
 
