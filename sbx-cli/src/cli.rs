@@ -191,15 +191,26 @@ enum Command {
             merge base with A, as a pull request is reviewed), `A..` (A and HEAD) or `A` (A and \
             the working tree). PATHS (default: the whole repository) limit the policies compared.\n\n\
             Each line is an entry or setting added (+), removed (-) or changed (~), with the \
-            file:line:column it comes from on its side. A change widens when the new policy \
+            file:line:column it comes from on its side (a `dns` setting changed back to its \
+            default: where the old side set it; a default server: none). A change widens when the new policy \
             admits a connection the old one did not: a mode that reaches more (none < allowlist \
             < open), an allow entry (or the ports of one) no old entry held, a deny entry \
             dropped where the policy can reach it, a DNS server added, a longer `dns.grace`.\n\n\
-            Offline: policies are compared by what they say (names, wildcards, addresses, \
-            blocks, ports, protocols), not by what names resolve to.\n\n\
+            Offline by default: policies are compared by what they say (names, wildcards, \
+            addresses, blocks, ports, protocols), not by what names resolve to. With --resolve, \
+            each side's host names are resolved by sbx (with that side's `dns` settings, as \
+            `sbx plan` does), and every address they resolve to is compared as a destination \
+            of its own (`address` lines, with the names that led to it): a block that now \
+            covers an allowed name's address, or a deny entry removed from under it, shows, and \
+            a removed deny entry that an allowed name's addresses meet now widens (two names \
+            that share an address). Answers only add to what widens: where no allowed name \
+            resolves into a removed deny entry now, a note says so, and it still widens, since \
+            whoever answers for a name decides where it resolves next. Wildcards cannot be \
+            resolved ahead of time and are compared by name.\n\n\
             Exit status: 0 when no access widened, 1 when some did (a review gate), 2 for errors \
-            (a policy that does not load, a git problem, a usage error).",
-        after_help = "Examples:\n  sbx diff old/github.yaml policies/github.yaml\n  sbx diff --git origin/main...HEAD policies/\n  sbx diff --git HEAD --format markdown > comment.md"
+            (a policy that does not load, a git problem, no DNS server to ask with --resolve, a \
+            usage error).",
+        after_help = "Examples:\n  sbx diff old/github.yaml policies/github.yaml\n  sbx diff --git origin/main...HEAD policies/\n  sbx diff --git HEAD --format markdown > comment.md\n  sbx diff --resolve --git origin/main...HEAD policies/"
     )]
     Diff {
         /// Compare the policies of two revisions of the current git repository (see above).
@@ -214,6 +225,11 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "human")]
         format: review::Format,
+
+        /// Resolve each side's host names (with its `dns` settings) and compare the addresses
+        /// they resolve to as well.
+        #[arg(long)]
+        resolve: bool,
     },
 
     /// Say whether a policy lets the command reach a destination, and which rule decides.
@@ -227,10 +243,21 @@ enum Command {
             command: `*.example.com` covers every name below example.com, at any depth, never \
             example.com itself. Deny wins over allow; in allowlist mode a name that a deny \
             entry names is refused by the DNS service on every port. The host's loopback is \
-            reachable only through an entry that names it, in every mode. Offline: names are \
-            judged by name and addresses by address; what a name resolves to is not looked up.\n\n\
-            Exit status: 0 allowed, 1 denied (or only partly allowed), 2 for errors.",
-        after_help = "Examples:\n  sbx explain policies/github.yaml api.github.com:443\n  sbx explain policies/github.yaml gist.github.com:443\n  sbx explain policies/rust-build.yaml 169.254.169.254:80\n  sbx explain ci.yaml ntp.example.net:123/udp"
+            reachable only through an entry that names it, in every mode. Offline by default: \
+            names are judged by name and addresses by address; what a name resolves to is not \
+            looked up.\n\n\
+            With --resolve, sbx resolves the policy's host names and a DEST name (with the \
+            policy's `dns` settings, as `sbx plan` does) and judges a name by each address it \
+            has now too, as the sandbox judges a connection there: an address in a denied block, \
+            or an address of a denied name, is denied (deny wins over the name's allow entry); \
+            an address in an allowed block is reachable by address even where the DNS service \
+            refuses the name. The verdict is then that of the addresses: allowed when every \
+            one is, denied when none is. An address DEST is judged with the names that resolve \
+            to it. The answers are those of now: whoever answers for a name decides where it \
+            resolves next, so `sbx test` stays offline.\n\n\
+            Exit status: 0 allowed, 1 denied (or only partly allowed), 2 for errors (with \
+            --resolve also: no DNS server to ask).",
+        after_help = "Examples:\n  sbx explain policies/github.yaml api.github.com:443\n  sbx explain policies/github.yaml gist.github.com:443\n  sbx explain policies/rust-build.yaml 169.254.169.254:80\n  sbx explain ci.yaml ntp.example.net:123/udp\n  sbx explain --resolve policies/github.yaml github.com:443"
     )]
     Explain {
         /// The policy file.
@@ -240,6 +267,11 @@ enum Command {
         /// The destination: NAME or ADDRESS, with optional :PORT and /PROTO.
         #[arg(value_name = "DEST[:PORT][/PROTO]")]
         dest: String,
+
+        /// Resolve names (with the policy's `dns` settings) and judge a name by its addresses
+        /// too.
+        #[arg(long)]
+        resolve: bool,
     },
 
     /// Run the expectations kept beside policies (NAME.test.yaml).
@@ -483,10 +515,17 @@ pub fn main() -> ExitCode {
             },
             &mut stderr,
         ),
-        Command::Diff { git, paths, format } => {
-            diff(git.as_deref(), &paths, format, color, &mut stderr)
-        }
-        Command::Explain { policy, dest } => explain(&policy, &dest, &mut stderr),
+        Command::Diff {
+            git,
+            paths,
+            format,
+            resolve,
+        } => diff(git.as_deref(), &paths, resolve, format, color, &mut stderr),
+        Command::Explain {
+            policy,
+            dest,
+            resolve,
+        } => explain(&policy, &dest, resolve, &mut stderr),
         Command::Test {
             paths,
             deny_untested,
@@ -699,14 +738,7 @@ fn export_policies(
 
 /// Every host name of the policy with the addresses sbx's resolver gives it now.
 fn resolve_names(policy: &crate::policy::Policy) -> Result<export::Resolved, String> {
-    let resolver = resolve::Resolver::new(&policy.dns)
-        .map(std::sync::Arc::new)
-        .map_err(|resolve::SetupError(why)| why)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the resolver: {e}"))?;
-    let answers = runtime.block_on(resolver.resolve_all(export::names_to_resolve(policy)));
+    let answers = resolve::resolve_once(&policy.dns, export::names_to_resolve(policy))?;
     Ok(answers
         .into_iter()
         .map(|(name, answer)| {
@@ -745,6 +777,7 @@ fn apply(
 fn diff(
     git: Option<&str>,
     paths: &[PathBuf],
+    resolve: bool,
     format: review::Format,
     color: ColorChoice,
     stderr: &mut StandardStream,
@@ -752,15 +785,9 @@ fn diff(
     const ERRORS: u8 = 2;
     let diffs = match (git, paths) {
         (Some(spec), _) => {
-            match review::diff_git(&std::env::current_dir()?, spec, paths, stderr)? {
-                Ok(diffs) => diffs,
-                Err(why) => {
-                    writeln!(stderr, "error: {why}")?;
-                    return Ok(ExitCode::from(ERRORS));
-                }
-            }
+            review::diff_git(&std::env::current_dir()?, spec, paths, resolve, stderr)?
         }
-        (None, [old, new]) => review::diff_files(old, new, stderr)?,
+        (None, [old, new]) => review::diff_files(old, new, resolve, stderr)?,
         (None, _) => {
             writeln!(
                 stderr,
@@ -769,8 +796,13 @@ fn diff(
             return Ok(ExitCode::from(ERRORS));
         }
     };
-    let Some(diffs) = diffs else {
-        return Ok(ExitCode::from(ERRORS));
+    let diffs = match diffs {
+        Ok(Some(diffs)) => diffs,
+        Ok(None) => return Ok(ExitCode::from(ERRORS)),
+        Err(why) => {
+            writeln!(stderr, "error: {why}")?;
+            return Ok(ExitCode::from(ERRORS));
+        }
     };
     match format {
         review::Format::Human => {
@@ -797,6 +829,7 @@ fn diff(
 fn explain(
     policy: &std::path::Path,
     dest: &str,
+    resolve: bool,
     stderr: &mut StandardStream,
 ) -> io::Result<ExitCode> {
     let query = match review::explain::Query::parse(dest) {
@@ -809,7 +842,22 @@ fn explain(
     let Some(policy) = review::load_policy(policy, stderr)? else {
         return Ok(ExitCode::from(2));
     };
-    let explanation = review::explain::explain(&policy, &query);
+    let answers = if resolve {
+        let name = match &query.dest {
+            review::explain::Dest::Name(name) => Some(name.as_str()),
+            review::explain::Dest::Addr(_) => None,
+        };
+        match review::resolve_names(Some(&policy), name) {
+            Ok(answers) => Some(answers),
+            Err(why) => {
+                writeln!(stderr, "error: {why}")?;
+                return Ok(ExitCode::from(2));
+            }
+        }
+    } else {
+        None
+    };
+    let explanation = review::explain::explain_resolved(&policy, &query, answers.as_ref());
     print!("{}", review::explain::render(&explanation, &policy));
     Ok(match explanation.verdict {
         review::explain::Verdict::Allowed => ExitCode::SUCCESS,

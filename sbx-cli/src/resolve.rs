@@ -216,6 +216,23 @@ impl Resolver {
     }
 }
 
+/// Every name with its answer or failure.
+pub type Answers = BTreeMap<String, Result<Answer, Failure>>;
+
+/// Resolves `names` once, with a resolver for `dns` on a runtime of its own: for the commands
+/// that resolve, print and exit (`sbx export --resolve`, `sbx explain --resolve`,
+/// `sbx diff --resolve`). `Err` when no resolver can be set up (no servers, no runtime).
+pub fn resolve_once(dns: &Dns, names: impl IntoIterator<Item = String>) -> Result<Answers, String> {
+    let resolver = Resolver::new(dns)
+        .map(Arc::new)
+        .map_err(|SetupError(why)| why)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the resolver: {e}"))?;
+    Ok(runtime.block_on(resolver.resolve_all(names)))
+}
+
 impl Resolver {
     /// The answer records (CNAMEs included) for one query, as sbx's DNS service passes them on.
     ///

@@ -106,7 +106,7 @@ fn mode_deny_and_dns_changes() {
     dir.write("old.yaml", OLD);
     dir.write(
         "open.yaml",
-        "version: 1\nnetwork:\n  mode: open\ndns:\n  servers: [9.9.9.9]\n",
+        "version: 1\nnetwork:\n  mode: open\ndns:\n  servers: [9.9.9.9]\n  grace: 1m\n",
     );
     let (code, value) = json(&dir, &["old.yaml", "open.yaml"]);
     assert_eq!(code, 1);
@@ -126,7 +126,15 @@ fn mode_deny_and_dns_changes() {
     assert_eq!(deny["value"], "169.254.169.254");
     assert_eq!(deny["origin"], "base.yaml:4:7");
     assert_eq!(deny["widens"], true);
-    assert_eq!(keyed("dns.servers", "added")["widens"], true);
+    let server = keyed("dns.servers", "added");
+    assert_eq!(server["widens"], true);
+    assert_eq!(server["origin"], "open.yaml:5:13");
+    let grace = keyed("dns.grace", "changed");
+    assert_eq!(grace["value"], "30s → 1m");
+    assert_eq!(grace["origin"], "open.yaml:6:10");
+    assert_eq!(grace["widens"], true);
+    // A default is written nowhere.
+    assert_eq!(keyed("dns.servers", "removed")["origin"], Value::Null);
     // The other way round narrows, but for the DNS server it brings (`system`).
     let (_, value) = json(&dir, &["open.yaml", "old.yaml"]);
     let widening: Vec<&Value> = value["policies"][0]["changes"]
@@ -309,4 +317,153 @@ fn a_bad_revision_exits_2() {
     let (code, _, stderr) = run(&dir, &["diff", "--git", "no-such-rev..HEAD"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("no-such-rev"), "{stderr}");
+}
+
+/// `--resolve`: each side's names resolved by a DNS server started here (on loopback, named by
+/// the policies' own `dns.servers`), their addresses compared as destinations, and the verdict
+/// against the offline one.
+#[test]
+fn resolve_compares_the_addresses_names_resolve_to() {
+    use common::dns::{DnsServer, Zone};
+    let server = DnsServer::start(
+        Zone::new()
+            .addrs("api.test", &["10.20.9.5"], 300)
+            .addrs("ok.test", &["192.0.2.20"], 300)
+            .addrs("twin.test", &["192.0.2.20"], 300),
+    );
+    let policy = |allow: &[&str], deny: &[&str]| {
+        let list = |items: &[&str]| {
+            items
+                .iter()
+                .map(|i| format!("    - {i}\n"))
+                .collect::<String>()
+        };
+        format!(
+            "version: 1\nnetwork:\n  mode: allowlist\n  allow:\n{}  deny:\n{}\
+             dns:\n  servers: [\"{}\"]\n  timeout: 500ms\n  attempts: 1\n",
+            list(allow),
+            list(deny),
+            server.addr()
+        )
+    };
+    let dir = Dir::new();
+    let allow = ["api.test:443", "ok.test:443"];
+    dir.write(
+        "old.yaml",
+        &policy(&allow, &["10.20.9.0/24", "10.30.0.0/16"]),
+    );
+    let diff = |new: &str, resolve: bool| {
+        dir.write("new.yaml", new);
+        let mut args = vec!["diff"];
+        if resolve {
+            args.push("--resolve");
+        }
+        args.extend(["old.yaml", "new.yaml"]);
+        let (code, stdout, stderr) = run(&dir, &args);
+        (code, format!("{stdout}{stderr}"))
+    };
+
+    // A deny block removed where no allowed name resolves now: it still widens (a name may
+    // resolve there later), and the note says that none does now.
+    let new = policy(&allow, &["10.20.9.0/24"]);
+    let (code, out) = diff(&new, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("- deny   10.30.0.0/16  (old.yaml:9:7)  widens: tcp 443"),
+        "{out}"
+    );
+    assert!(!out.contains("note:"), "{out}");
+    let (code, out) = diff(&new, true);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("note: `10.30.0.0/16` (old.yaml:9:7): no allowed name resolves into it now"),
+        "{out}"
+    );
+
+    // A denied name removed that shares its address with an allowed name: offline two names
+    // never meet; resolved, the allowed name's address is released.
+    dir.write("old.yaml", &policy(&allow, &["10.20.9.0/24", "twin.test"]));
+    let new = policy(&allow, &["10.20.9.0/24"]);
+    let (code, out) = diff(&new, false);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = diff(&new, true);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("- deny   twin.test  (old.yaml:9:7)  widens: tcp 443"),
+        "{out}"
+    );
+    assert!(
+        out.contains("+ address 192.0.2.20 (ok.test)  (new.yaml:6:7)  widens: tcp 443"),
+        "{out}"
+    );
+    dir.write(
+        "old.yaml",
+        &policy(&allow, &["10.20.9.0/24", "10.30.0.0/16"]),
+    );
+
+    // The deny block an allowed name resolves into, removed: the name's address shows.
+    let new = policy(&allow, &["10.30.0.0/16"]);
+    let (code, out) = diff(&new, true);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("+ address 10.20.9.5 (api.test)  (new.yaml:5:7)  widens: tcp 443"),
+        "{out}"
+    );
+
+    // A block that now covers an allowed name's address: offline only the block shows.
+    let wider = ["api.test:443", "ok.test:443", "192.0.2.0/24"];
+    let new = policy(&wider, &["10.20.9.0/24", "10.30.0.0/16"]);
+    let (code, out) = diff(&new, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(!out.contains("address"), "{out}");
+    let (code, out) = diff(&new, true);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "+ address 192.0.2.20 (ok.test)  (new.yaml:7:7)  widens: tcp 1-442,444-65535; \
+             udp every port; protocols without ports (ICMP, …)"
+        ),
+        "{out}"
+    );
+    let (code, value) = json(&dir, &["--resolve", "old.yaml", "new.yaml"]);
+    assert_eq!(code, 1);
+    let change = value["policies"][0]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["key"] == "address")
+        .expect("an address change");
+    assert_eq!(change["value"], "192.0.2.20 (ok.test)");
+    assert_eq!(change["widens"], true);
+
+    // A deny that now holds an allowed name's address narrows it.
+    let new = policy(&allow, &["10.20.9.0/24", "10.30.0.0/16", "192.0.2.20"]);
+    let (code, out) = diff(&new, true);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("- address 192.0.2.20 (ok.test): tcp 443  (new.yaml:10:7)"),
+        "{out}"
+    );
+
+    // A name without an answer is compared by name, and said so.
+    let with_gone = ["api.test:443", "ok.test:443", "gone.test:443"];
+    dir.write(
+        "old.yaml",
+        &policy(&with_gone, &["10.20.9.0/24", "10.30.0.0/16"]),
+    );
+    let (code, out) = diff(&policy(&with_gone, &["10.20.9.0/24", "10.30.0.0/16"]), true);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("note: `gone.test` does not resolve on either side (NXDOMAIN"),
+        "{out}"
+    );
+    dir.write(
+        "old.yaml",
+        &policy(&allow, &["10.20.9.0/24", "10.30.0.0/16"]),
+    );
+    let (_, out) = diff(&policy(&with_gone, &["10.20.9.0/24", "10.30.0.0/16"]), true);
+    assert!(
+        out.contains("note: `gone.test` does not resolve on the new side (NXDOMAIN"),
+        "{out}"
+    );
 }

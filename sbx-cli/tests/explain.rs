@@ -163,3 +163,121 @@ fn errors_exit_2() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("broken.yaml:3:9"), "{stderr}");
 }
+
+/// `--resolve`: names judged by the addresses a DNS server started here gives them (on
+/// loopback, named by the policy's own `dns.servers`), each verdict against the offline one.
+#[test]
+fn resolve_judges_a_name_by_its_addresses() {
+    use common::dns::{DnsServer, Zone};
+    let server = DnsServer::start(
+        Zone::new()
+            .addrs("api.test", &["10.20.9.5"], 300)
+            .addrs("db.test", &["10.20.1.7"], 300)
+            .addrs("x.svc.test", &["198.51.100.9"], 300)
+            .addrs("bad.test", &["198.51.100.9"], 300)
+            .addrs("ok.test", &["192.0.2.20"], 300),
+    );
+    let dir = Dir::new();
+    dir.write(
+        "policy.yaml",
+        &format!(
+            "version: 1
+network:
+  mode: allowlist
+  allow:
+    - api.test:443
+    - 10.20.0.0/16:5432
+    - \"*.svc.test:443\"
+    - ok.test:443
+  deny:
+    - 10.20.9.0/24
+    - bad.test
+dns:
+  servers: [\"{}\"]
+  timeout: 500ms
+  attempts: 1
+",
+            server.addr()
+        ),
+    );
+    let both = |dest: &str| {
+        let offline = explain(&dir, dest);
+        let out = sbx(&["explain", "--resolve", "policy.yaml", dest], dir.path());
+        let text = format!(
+            "{}{}",
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap()
+        );
+        (offline, (out.status.code().unwrap(), text))
+    };
+
+    // Allowed by name, its address in a denied block: deny wins.
+    let ((code, offline), (resolved_code, out)) = both("api.test:443");
+    assert_eq!(code, 0, "{offline}");
+    assert_eq!(resolved_code, 1, "{out}");
+    assert!(
+        out.contains("by name: allowed by `api.test:443` at policy.yaml:5:7"),
+        "{out}"
+    );
+    assert!(out.contains("10.20.9.5: denied"), "{out}");
+    assert!(
+        out.contains("denied by `10.20.9.0/24` at policy.yaml:10:7"),
+        "{out}"
+    );
+    assert!(
+        out.contains("over `api.test:443` at policy.yaml:5:7 (deny wins)"),
+        "{out}"
+    );
+
+    // Not in the allowlist by name, its address in an allowed block: reachable by address.
+    let ((code, offline), (resolved_code, out)) = both("db.test:5432");
+    assert_eq!(code, 1, "{offline}");
+    assert!(offline.contains("not in the allowlist"), "{offline}");
+    assert_eq!(resolved_code, 0, "{out}");
+    assert!(
+        out.contains("by name: not in the allowlist: no allow entry names it (sbx's DNS service refuses the name)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("10.20.1.7: allowed\n    allowed by `10.20.0.0/16:5432` at policy.yaml:6:7"),
+        "{out}"
+    );
+    assert!(out.contains("reaches its addresses by address"), "{out}");
+
+    // Under an allowed wildcard, at an address a denied name resolves to as well.
+    let ((code, _), (resolved_code, out)) = both("x.svc.test:443");
+    assert_eq!(code, 0);
+    assert_eq!(resolved_code, 1, "{out}");
+    assert!(
+        out.contains(
+            "denied by `bad.test` at policy.yaml:11:7, as `bad.test` resolves to 198.51.100.9"
+        ),
+        "{out}"
+    );
+
+    // An address is judged with the names that resolve to it.
+    let ((code, offline), (resolved_code, out)) = both("192.0.2.20:443");
+    assert_eq!(code, 1, "{offline}");
+    assert_eq!(resolved_code, 0, "{out}");
+    assert!(
+        out.contains(
+            "allowed by `ok.test:443` at policy.yaml:8:7, as `ok.test` resolves to 192.0.2.20"
+        ),
+        "{out}"
+    );
+
+    // A name without an answer keeps its verdict by name, and says so.
+    let ((code, _), (resolved_code, out)) = both("gone.svc.test:443");
+    assert_eq!((code, resolved_code), (0, 0), "{out}");
+    assert!(
+        out.contains("`gone.svc.test` does not resolve now (NXDOMAIN"),
+        "{out}"
+    );
+
+    // The names were asked of the server the policy names.
+    assert!(
+        server.queries().iter().any(|q| q.name == "api.test"),
+        "{:?}",
+        server.queries()
+    );
+}

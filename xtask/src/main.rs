@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// The whole test suite, as CI runs it: formatting, clippy, every test, every policy.
+    /// The whole test suite, as CI runs it: formatting, clippy, every test, every policy
+    /// (checked, tested, and diffed against the previous commit).
     Test,
     /// Install everything the test suite needs (Debian packages, rustup components, the
     /// nightly's rust-src, bpf-linker); as root. `test` names what is missing.
@@ -143,7 +144,50 @@ fn test(root: &Path) -> Result<(), String> {
         "target/release/sbx",
         &["test", "--deny-untested", "policies/"],
     )?;
+    policy_diff(root)?;
     cargo_test(root)
+}
+
+/// The diff step of docs/examples/policy-review.yml on this repository's policies: what they
+/// changed since the previous commit (the last commit, and whatever is not committed yet), as
+/// the markdown a pull request would be commented with. Informational here: a widening is for
+/// the review of that change to judge, not a failure of the build; sbx failing to compare
+/// (exit 2: a policy that does not load, a git problem) is one.
+fn policy_diff(root: &Path) -> Result<(), String> {
+    let has_parent = Command::new("git")
+        .args(["rev-parse", "-q", "--verify", "HEAD~1^{commit}"])
+        .current_dir(root)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_parent {
+        eprintln!(
+            "xtask: no previous commit in this clone (a shallow clone, or not a git clone): \
+             policy diff skipped"
+        );
+        return Ok(());
+    }
+    let args = [
+        "diff",
+        "--git",
+        "HEAD~1",
+        "--format",
+        "markdown",
+        "policies/",
+    ];
+    eprintln!("+ target/release/sbx {}", args.join(" "));
+    let status = Command::new(root.join("target/release/sbx"))
+        .args(args)
+        .current_dir(root)
+        .status()
+        .map_err(|e| format!("cannot start sbx: {e}"))?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(1) => {
+            eprintln!("xtask: the policy change above widens access (informational here)");
+            Ok(())
+        }
+        _ => Err(format!("`sbx {}` failed ({status})", args.join(" "))),
+    }
 }
 
 /// `cargo test`, its output passed through, closed by one line with the totals of every test

@@ -37,10 +37,10 @@ pub struct Composed {
     pub allow: Vec<Rule>,
     pub deny: Vec<Rule>,
     pub dns_servers: Vec<Sourced<DnsServer>>,
-    pub dns_timeout: Option<Duration>,
-    pub dns_grace: Option<Duration>,
-    pub dns_attempts: Option<u32>,
-    pub on_resolve_failure: Option<OnResolveFailure>,
+    pub dns_timeout: Option<Sourced<Duration>>,
+    pub dns_grace: Option<Sourced<Duration>>,
+    pub dns_attempts: Option<Sourced<u32>>,
+    pub on_resolve_failure: Option<Sourced<OnResolveFailure>>,
     pub files: Vec<Arc<str>>,
     /// The applied file, for problems of the policy as a whole.
     pub file: FileId,
@@ -255,10 +255,16 @@ impl Loader {
         append_rules(&mut into.allow, &doc.allow);
         append_rules(&mut into.deny, &doc.deny);
         append_unique(&mut into.dns_servers, &doc.dns_servers, |s| &s.value);
-        into.dns_timeout = doc.dns_timeout.or(into.dns_timeout);
-        into.dns_grace = doc.dns_grace.or(into.dns_grace);
-        into.dns_attempts = doc.dns_attempts.or(into.dns_attempts);
-        into.on_resolve_failure = doc.on_resolve_failure.or(into.on_resolve_failure);
+        // A later file's scalar wins, with its origin.
+        fn later<T: Clone>(into: &mut Option<Sourced<T>>, doc: &Option<Sourced<T>>) {
+            if doc.is_some() {
+                into.clone_from(doc);
+            }
+        }
+        later(&mut into.dns_timeout, &doc.dns_timeout);
+        later(&mut into.dns_grace, &doc.dns_grace);
+        later(&mut into.dns_attempts, &doc.dns_attempts);
+        later(&mut into.on_resolve_failure, &doc.on_resolve_failure);
     }
 
     /// `allow` only means something in allowlist mode; elsewhere it would be silently ignored.
@@ -336,12 +342,25 @@ impl Composed {
     pub fn into_policy(self) -> Option<Policy> {
         let mut dns = Dns::default();
         if !self.dns_servers.is_empty() {
-            dns.servers = self.dns_servers.into_iter().map(|s| s.value).collect();
+            (dns.servers, dns.origins.servers) = self
+                .dns_servers
+                .into_iter()
+                .map(|s| (s.value, s.origin))
+                .unzip();
         }
-        dns.timeout = self.dns_timeout.unwrap_or(dns.timeout);
-        dns.grace = self.dns_grace.unwrap_or(dns.grace);
-        dns.attempts = self.dns_attempts.unwrap_or(dns.attempts);
-        dns.on_resolve_failure = self.on_resolve_failure.unwrap_or(dns.on_resolve_failure);
+        if let Some(timeout) = self.dns_timeout {
+            (dns.timeout, dns.origins.timeout) = (timeout.value, Some(timeout.origin));
+        }
+        if let Some(grace) = self.dns_grace {
+            (dns.grace, dns.origins.grace) = (grace.value, Some(grace.origin));
+        }
+        if let Some(attempts) = self.dns_attempts {
+            (dns.attempts, dns.origins.attempts) = (attempts.value, Some(attempts.origin));
+        }
+        if let Some(on_failure) = self.on_resolve_failure {
+            (dns.on_resolve_failure, dns.origins.on_resolve_failure) =
+                (on_failure.value, Some(on_failure.origin));
+        }
         Some(Policy {
             name: self.name,
             description: self.description,

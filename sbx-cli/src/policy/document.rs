@@ -21,10 +21,10 @@ pub struct Document {
     pub allow: Vec<Rule>,
     pub deny: Vec<Rule>,
     pub dns_servers: Vec<Sourced<DnsServer>>,
-    pub dns_timeout: Option<Duration>,
-    pub dns_grace: Option<Duration>,
-    pub dns_attempts: Option<u32>,
-    pub on_resolve_failure: Option<OnResolveFailure>,
+    pub dns_timeout: Option<Sourced<Duration>>,
+    pub dns_grace: Option<Sourced<Duration>>,
+    pub dns_attempts: Option<Sourced<u32>>,
+    pub on_resolve_failure: Option<Sourced<OnResolveFailure>>,
 }
 
 pub const MAX_DNS_TIMEOUT: Duration = Duration::from_secs(60);
@@ -100,6 +100,13 @@ const DNS_KEYS: &[&str] = &[
 const ENTRY_KEYS: &[&str] = &["host", "ip", "cidr", "ports", "protocol"];
 
 impl Reader<'_> {
+    fn sourced<T>(&self, value: T, node: &Node) -> Sourced<T> {
+        Sourced {
+            value,
+            origin: self.origin(node),
+        }
+    }
+
     fn origin(&self, node: &Node) -> Origin {
         Origin {
             file: self.file,
@@ -530,14 +537,20 @@ impl Reader<'_> {
                 }
                 "timeout" => {
                     let range = Duration::from_millis(1)..=MAX_DNS_TIMEOUT;
-                    doc.dns_timeout = self.duration("timeout", value, range, "1ms-60s");
+                    doc.dns_timeout = self
+                        .duration("timeout", value, range, "1ms-60s")
+                        .map(|d| self.sourced(d, value));
                 }
                 "grace" => {
                     let range = Duration::ZERO..=MAX_DNS_GRACE;
-                    doc.dns_grace = self.duration("grace", value, range, "0s-10m");
+                    doc.dns_grace = self
+                        .duration("grace", value, range, "0s-10m")
+                        .map(|d| self.sourced(d, value));
                 }
                 "attempts" => match value.as_str().map(str::parse::<u32>) {
-                    Some(Ok(n @ 1..=MAX_DNS_ATTEMPTS)) => doc.dns_attempts = Some(n),
+                    Some(Ok(n @ 1..=MAX_DNS_ATTEMPTS)) => {
+                        doc.dns_attempts = Some(self.sourced(n, value));
+                    }
                     _ => {
                         let found = value.as_str().unwrap_or("this value").to_owned();
                         self.error(
@@ -552,8 +565,14 @@ impl Reader<'_> {
                         continue;
                     };
                     match text {
-                        "error" => doc.on_resolve_failure = Some(OnResolveFailure::Error),
-                        "warn" => doc.on_resolve_failure = Some(OnResolveFailure::Warn),
+                        "error" => {
+                            doc.on_resolve_failure =
+                                Some(self.sourced(OnResolveFailure::Error, value));
+                        }
+                        "warn" => {
+                            doc.on_resolve_failure =
+                                Some(self.sourced(OnResolveFailure::Warn, value));
+                        }
                         _ => {
                             self.error(
                                 "invalid-on-resolve-failure",

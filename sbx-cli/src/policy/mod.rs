@@ -116,6 +116,20 @@ pub struct Dns {
     pub grace: Duration,
     pub attempts: u32,
     pub on_resolve_failure: OnResolveFailure,
+    /// Where each setting was written, for `sbx diff`.
+    pub origins: DnsOrigins,
+}
+
+/// Where each `dns` setting of a composed policy was written; `None` (or no servers) for a
+/// default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsOrigins {
+    /// One per server of [`Dns::servers`], in order; empty when they are the default.
+    pub servers: Vec<Origin>,
+    pub timeout: Option<Origin>,
+    pub grace: Option<Origin>,
+    pub attempts: Option<Origin>,
+    pub on_resolve_failure: Option<Origin>,
 }
 
 impl Default for Dns {
@@ -126,6 +140,7 @@ impl Default for Dns {
             grace: Duration::from_secs(30),
             attempts: 2,
             on_resolve_failure: OnResolveFailure::Error,
+            origins: DnsOrigins::default(),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! `sbx explain`: whether a policy lets the command reach one destination, and the rule that
-//! decides it. Offline: names are judged by name, with the function sbx's DNS gate applies to
-//! every question ([`pattern_matches`]), and addresses by address; what a name resolves to is
-//! not looked up.
+//! decides it. Offline by default: names are judged by name, with the function sbx's DNS gate
+//! applies to every question ([`pattern_matches`]), and addresses by address. With the answers
+//! of sbx's resolver (`--resolve`), a name is judged by the addresses it has now as well, each
+//! as the sandbox judges a connection to it (address and block entries, the addresses of the
+//! policy's names, deny over allow), and an address by the names that resolve to it.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -9,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::access::{Access, PortSet};
 use crate::policy::name::{HostName, is_strictly_below, pattern_matches};
 use crate::policy::{Mode, Origin, Policy, Protocol, Rule, Target};
+use crate::resolve::{Answers, Failure};
 
 /// A destination as `sbx explain` and policy tests take it: `DEST[:PORT][/PROTO]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,31 +163,227 @@ pub enum Reason {
 pub struct Explanation {
     pub query: Query,
     pub verdict: Verdict,
-    /// What of the query's ports and protocols the policy allows.
+    /// What of the query's ports and protocols the policy allows (with addresses: through every
+    /// one of them).
     pub allowed: Access,
+    /// For a name, the verdict by name; for an address, by address.
     pub reason: Reason,
+    /// With answers, for a name: the addresses it has now, each judged, or why it has none.
+    pub addresses: Option<Result<Vec<AddressVerdict>, Failure>>,
     pub notes: Vec<String>,
 }
 
-/// Judges `query` against `policy`, as the sandbox would.
+/// One address of a name, judged as a connection to it from the sandbox.
+#[derive(Debug, Clone)]
+pub struct AddressVerdict {
+    pub addr: IpAddr,
+    pub verdict: Verdict,
+    pub allowed: Access,
+    pub reason: Reason,
+}
+
+/// What judging a destination needs besides the policy: what the policy's names resolve to
+/// (`--resolve`), and the name whose answer led to the address judged.
+#[derive(Debug, Clone, Copy, Default)]
+struct Context<'a> {
+    answers: Option<&'a Answers>,
+    /// Set only when sbx's DNS service answers this name: its allow entries then admit the
+    /// addresses of its answer, as the service admits them.
+    via: Option<&'a HostName>,
+}
+
+/// Judges `query` against `policy`, as the sandbox would, offline.
 pub fn explain(policy: &Policy, query: &Query) -> Explanation {
+    explain_resolved(policy, query, None)
+}
+
+/// Judges `query` against `policy`; with `answers` (the policy's host names and, for a name
+/// query, the name itself, as sbx's resolver answers them) by addresses too.
+pub fn explain_resolved(policy: &Policy, query: &Query, answers: Option<&Answers>) -> Explanation {
     let mut notes = Vec::new();
     let dest = effective_dest(&query.dest, &mut notes);
-    let allow: Vec<&Rule> = policy
+    let by_dest = judge(policy, &dest, &query.access, Context { answers, via: None });
+    let (mut verdict, mut allowed) = (by_dest.verdict, by_dest.allowed.clone());
+    let mut addresses = None;
+    if let (Some(answers), Dest::Name(name)) = (answers, &dest) {
+        let judged = match answers.get(name.as_str()) {
+            Some(Ok(answer)) => {
+                let via = gate_answers(policy, name).then_some(name);
+                let judged: Vec<AddressVerdict> = answer
+                    .addresses
+                    .iter()
+                    .map(|a| {
+                        let j = judge(
+                            policy,
+                            &Dest::Addr(a.ip),
+                            &query.access,
+                            Context {
+                                answers: Some(answers),
+                                via,
+                            },
+                        );
+                        AddressVerdict {
+                            addr: a.ip,
+                            verdict: j.verdict,
+                            allowed: j.allowed,
+                            reason: j.reason,
+                        }
+                    })
+                    .collect();
+                Ok(judged)
+            }
+            Some(Err(failure)) => Err(failure.clone()),
+            None => Err(Failure::Other("not resolved".into())),
+        };
+        match &judged {
+            Ok(list) if !list.is_empty() => {
+                let every = list
+                    .iter()
+                    .fold(query.access.clone(), |acc, a| acc.intersect(&a.allowed));
+                let some = list
+                    .iter()
+                    .fold(Access::default(), |acc, a| acc.union(&a.allowed));
+                verdict = if some.is_empty() {
+                    Verdict::Denied
+                } else if every == query.access {
+                    Verdict::Allowed
+                } else {
+                    Verdict::Partly
+                };
+                allowed = every;
+                if by_dest.verdict == Verdict::Denied && !some.is_empty() {
+                    notes.push(format!(
+                        "the command cannot have `{name}` answered by sbx's DNS service, but \
+                         reaches its addresses by address"
+                    ));
+                }
+            }
+            Ok(_) => {}
+            Err(failure) => notes.push(format!(
+                "`{name}` does not resolve now ({failure}): judged by name only"
+            )),
+        }
+        addresses = Some(judged);
+    } else {
+        offline_notes(
+            policy,
+            &dest,
+            by_dest.verdict,
+            &by_dest.reason,
+            answers.is_some(),
+            &mut notes,
+        );
+    }
+    if is_host_loopback(&dest) {
+        notes.push(
+            "this is the host's loopback: a server the command starts itself is always \
+             reachable there, and the host's services only through an entry that names them"
+                .into(),
+        );
+    }
+    Explanation {
+        query: query.clone(),
+        verdict,
+        allowed,
+        reason: by_dest.reason,
+        addresses,
+        notes,
+    }
+}
+
+/// What `policy` admits towards `addr` from the start of a sandbox, with the policy's names
+/// resolved as `answers` says: its address and block entries and the addresses of its host
+/// names, less what deny entries hold. `sbx diff --resolve` compares this per address.
+pub fn judge_address(policy: &Policy, addr: IpAddr, answers: &Answers) -> (Access, Reason) {
+    let j = judge(
+        policy,
+        &Dest::Addr(addr),
+        &Access::everything(),
+        Context {
+            answers: Some(answers),
+            via: None,
+        },
+    );
+    (j.allowed, j.reason)
+}
+
+/// The allow entries of `policy` that admit some of `within` towards `addr`, with the policy's
+/// names resolved as `answers` says.
+pub fn admitting<'p>(
+    policy: &'p Policy,
+    addr: IpAddr,
+    answers: &Answers,
+    within: &Access,
+) -> Vec<&'p Rule> {
+    let cx = Context {
+        answers: Some(answers),
+        via: None,
+    };
+    allow_rules(policy, &Dest::Addr(addr), cx)
+        .into_iter()
+        .filter(|r| Access::of(&r.entry).overlaps(within))
+        .collect()
+}
+
+/// Whether sbx's DNS service answers the command's question for `name`: in allowlist mode,
+/// when an allow entry names it and no deny entry does.
+fn gate_answers(policy: &Policy, name: &HostName) -> bool {
+    let dest = Dest::Name(name.clone());
+    let named = |rules: &[Rule]| {
+        rules
+            .iter()
+            .any(|r| names(&r.entry.target, &dest, Context::default()))
+    };
+    policy.mode.value == Mode::Allowlist && named(&policy.allow) && !named(&policy.deny)
+}
+
+struct Judged {
+    verdict: Verdict,
+    allowed: Access,
+    reason: Reason,
+}
+
+/// The allow entries that name the destination. At an address, with answers, also those that
+/// match an allowed exact name resolving to it: sbx admits each such name's answer when the
+/// sandbox starts, for the ports of every allow entry that matches the name, wildcards included
+/// (as the DNS service admits any answer).
+fn allow_rules<'p>(policy: &'p Policy, dest: &Dest, cx: Context<'_>) -> Vec<&'p Rule> {
+    let started: Vec<&str> = match dest {
+        Dest::Addr(addr) => policy
+            .allow
+            .iter()
+            .filter_map(|r| match &r.entry.target {
+                Target::Host(h) if resolves_to(cx.answers, h, *addr) => Some(h.as_str()),
+                _ => None,
+            })
+            .collect(),
+        Dest::Name(_) => Vec::new(),
+    };
+    let admitted_at_start = |target: &Target| match target {
+        Target::Host(h) => started.contains(&h.as_str()),
+        Target::Wildcard(suffix) => started.iter().any(|n| is_strictly_below(n, suffix)),
+        _ => false,
+    };
+    policy
         .allow
         .iter()
-        .filter(|r| names(&r.entry.target, &dest))
-        .collect();
+        .filter(|r| names(&r.entry.target, dest, cx) || admitted_at_start(&r.entry.target))
+        .collect()
+}
+
+/// The verdict for one destination (a name by name, an address by address) and its reason.
+fn judge(policy: &Policy, dest: &Dest, asked_for: &Access, cx: Context<'_>) -> Judged {
+    let allow = allow_rules(policy, dest, cx);
     let deny: Vec<&Rule> = policy
         .deny
         .iter()
-        .filter(|r| names(&r.entry.target, &dest))
+        .filter(|r| names(&r.entry.target, dest, cx))
         .collect();
     let mode = policy.mode.value;
-    let loopback = is_host_loopback(&dest);
+    let loopback = is_host_loopback(dest);
     // The DNS gate answers a name only when no deny pattern covers it: a denied name cannot be
     // asked for, on any port.
-    let name_refused = match (&dest, mode) {
+    let name_refused = match (dest, mode) {
         (Dest::Name(_), Mode::Allowlist) => deny.iter().find(|r| r.entry.target.is_name()),
         _ => None,
     };
@@ -203,10 +402,10 @@ pub fn explain(policy: &Policy, query: &Query) -> Explanation {
             .filter(|r| mode != Mode::Open || !matches!(r.entry.target, Target::Wildcard(_)))
             .fold(Access::default(), |a, r| a.union(&Access::of(&r.entry)))
     };
-    let allowed = admitted.minus(&denied).intersect(&query.access);
+    let allowed = admitted.minus(&denied).intersect(asked_for);
     let verdict = if allowed.is_empty() {
         Verdict::Denied
-    } else if allowed == query.access {
+    } else if allowed == *asked_for {
         Verdict::Allowed
     } else {
         Verdict::Partly
@@ -223,13 +422,13 @@ pub fn explain(policy: &Policy, query: &Query) -> Explanation {
             _ => Reason::AllowedBy(first_allow(&allowed).expect("allowed through an entry")),
         },
         Verdict::Denied => {
-            let asked = admitted.intersect(&query.access);
+            let asked = admitted.intersect(asked_for);
             if mode == Mode::None {
                 Reason::ModeNone(policy.mode.origin.clone())
             } else if let Some(rule) = name_refused {
                 Reason::NameRefused {
                     deny: (*rule).clone(),
-                    allow: first_allow(&query.access),
+                    allow: first_allow(asked_for),
                 }
             } else if loopback && mode == Mode::Open {
                 Reason::HostLoopback
@@ -238,7 +437,7 @@ pub fn explain(policy: &Policy, query: &Query) -> Explanation {
                 .find(|r| Access::of(&r.entry).overlaps(&asked))
                 .or_else(|| {
                     deny.iter()
-                        .find(|r| Access::of(&r.entry).overlaps(&query.access))
+                        .find(|r| Access::of(&r.entry).overlaps(asked_for))
                 })
             {
                 Reason::DeniedBy {
@@ -256,20 +455,10 @@ pub fn explain(policy: &Policy, query: &Query) -> Explanation {
             }
         }
     };
-    offline_notes(policy, &dest, verdict, &reason, &mut notes);
-    if loopback {
-        notes.push(
-            "this is the host's loopback: a server the command starts itself is always \
-             reachable there, and the host's services only through an entry that names them"
-                .into(),
-        );
-    }
-    Explanation {
-        query: query.clone(),
+    Judged {
         verdict,
         allowed,
         reason,
-        notes,
     }
 }
 
@@ -303,9 +492,11 @@ fn is_host_loopback(dest: &Dest) -> bool {
     }
 }
 
-/// Whether an entry's target names the destination, offline: names by the DNS gate's rule,
-/// addresses by address. A name never names an address here, nor the other way round.
-fn names(target: &Target, dest: &Dest) -> bool {
+/// Whether an entry's target names the destination: names by the DNS gate's rule, addresses
+/// by address. With answers, a host name names the addresses it resolves to (sbx resolves
+/// exact names when the sandbox starts and enforces their addresses, `deny` ones included);
+/// through `via`, a name pattern names the addresses of the name it matches.
+fn names(target: &Target, dest: &Dest, cx: Context<'_>) -> bool {
     match (target, dest) {
         (Target::Host(host), Dest::Name(name)) => pattern_matches(host, name),
         (Target::Wildcard(suffix), Dest::Name(name)) => {
@@ -313,16 +504,32 @@ fn names(target: &Target, dest: &Dest) -> bool {
         }
         (Target::Addr(a), Dest::Addr(addr)) => a == addr,
         (Target::Net(net), Dest::Addr(addr)) => net.contains(addr),
+        (Target::Host(host), Dest::Addr(addr)) => {
+            resolves_to(cx.answers, host, *addr) || cx.via.is_some_and(|n| pattern_matches(host, n))
+        }
+        (Target::Wildcard(suffix), Dest::Addr(_)) => cx
+            .via
+            .is_some_and(|n| pattern_matches(&format!("*.{suffix}"), n)),
         _ => false,
     }
 }
 
-/// What judging offline leaves open, said only where it could change the verdict.
+fn resolves_to(answers: Option<&Answers>, name: &str, addr: IpAddr) -> bool {
+    answers
+        .and_then(|a| a.get(name))
+        .and_then(|r| r.as_ref().ok())
+        .is_some_and(|answer| answer.addresses.iter().any(|a| a.ip == addr))
+}
+
+/// What judging leaves open, said only where it could change the verdict. Offline, that is
+/// every name against address entries and the other way round; with answers, only wildcards,
+/// whose names are known when the command asks for them.
 fn offline_notes(
     policy: &Policy,
     dest: &Dest,
     verdict: Verdict,
     reason: &Reason,
+    resolved: bool,
     notes: &mut Vec<String>,
 ) {
     let mode = policy.mode.value;
@@ -332,7 +539,10 @@ fn offline_notes(
     let first = |rules: &[Rule], names: bool| {
         rules
             .iter()
-            .find(|r| r.entry.target.is_name() == names)
+            .find(|r| {
+                r.entry.target.is_name() == names
+                    && (!resolved || matches!(r.entry.target, Target::Wildcard(_)))
+            })
             .map(|r| format!("`{}` ({})", r.entry, r.origin))
     };
     match dest {
@@ -342,7 +552,8 @@ fn offline_notes(
             {
                 notes.push(format!(
                     "judged by name: deny entries of addresses and blocks, such as {rule}, \
-                     also hold the addresses `{name}` resolves to, if it resolves into them"
+                     also hold the addresses `{name}` resolves to, if it resolves into them \
+                     (`sbx explain --resolve` looks)"
                 ));
             }
         }
@@ -358,11 +569,12 @@ fn offline_notes(
                 ));
             }
             if verdict != Verdict::Denied
+                && !resolved
                 && let Some(rule) = first(&policy.deny, true)
             {
                 notes.push(format!(
                     "judged by address: a denied name, such as {rule}, takes {addr} away if it \
-                     resolves to it"
+                     resolves to it (`sbx explain --resolve` looks)"
                 ));
             }
         }
@@ -374,69 +586,47 @@ pub fn render(e: &Explanation, policy: &Policy) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let w = &mut out;
+    let resolved = matches!(&e.addresses, Some(Ok(list)) if !list.is_empty());
     let _ = writeln!(
         w,
-        "{}: {} by policy {} (mode: {})",
+        "{}: {} by policy {} (mode: {}){}",
         e.query,
         e.verdict.as_str(),
         policy.name,
-        policy.mode.value.as_str()
+        policy.mode.value.as_str(),
+        if resolved {
+            ", by the addresses the name has now"
+        } else {
+            ""
+        }
     );
-    if e.verdict == Verdict::Partly {
+    if e.verdict == Verdict::Partly && !resolved {
         let _ = writeln!(w, "  allowed: {}", e.allowed);
     }
-    let rule = |r: &Rule, role: &str| format!("  {role} `{}` at {}", r.entry, r.origin);
-    match &e.reason {
-        Reason::AllowedBy(r) => {
-            let _ = writeln!(w, "{}", rule(r, "allowed by"));
-        }
-        Reason::Open(origin) => {
-            let _ = writeln!(
-                w,
-                "  `mode: open` at {origin} admits everything no deny entry holds"
-            );
-        }
-        Reason::ModeNone(origin) => {
-            let _ = writeln!(
-                w,
-                "  `mode: none` at {origin}: nothing but the command's own loopback"
-            );
-        }
-        Reason::DeniedBy { deny, allow } => {
-            let _ = writeln!(w, "{}", rule(deny, "denied by"));
-            if let Some(allow) = allow {
-                let _ = writeln!(w, "{} (deny wins)", rule(allow, "over"));
+    let query_name = match &e.query.dest {
+        Dest::Name(name) => Some(name.as_str()),
+        Dest::Addr(_) => None,
+    };
+    let at_addr = match &e.query.dest {
+        Dest::Addr(addr) => Some(*addr),
+        Dest::Name(_) => None,
+    };
+    let lines = reason_lines(&e.reason, at_addr, query_name);
+    let by_name = e.addresses.is_some();
+    for (i, line) in lines.iter().enumerate() {
+        let prefix = if by_name && i == 0 { "by name: " } else { "" };
+        let _ = writeln!(w, "  {prefix}{line}");
+    }
+    if let Some(Ok(list)) = &e.addresses {
+        for a in list {
+            let mut head = format!("  {}: {}", a.addr, a.verdict.as_str());
+            if a.verdict == Verdict::Partly {
+                head.push_str(&format!(" ({})", a.allowed));
             }
-        }
-        Reason::NameRefused { deny, allow } => {
-            let _ = writeln!(w, "{}", rule(deny, "denied by"));
-            let _ = writeln!(
-                w,
-                "  sbx's DNS service refuses a name that a deny entry names, on every port"
-            );
-            if let Some(allow) = allow {
-                let _ = writeln!(w, "{} (deny wins)", rule(allow, "over"));
+            let _ = writeln!(w, "{head}");
+            for line in reason_lines(&a.reason, Some(a.addr), query_name) {
+                let _ = writeln!(w, "    {line}");
             }
-        }
-        Reason::NotInAllowlist => {
-            let _ = writeln!(w, "  not in the allowlist: no allow entry names it");
-        }
-        Reason::OtherPorts(rules) => {
-            for r in rules {
-                let _ = writeln!(
-                    w,
-                    "  `{}` at {} names it for {} only",
-                    r.entry,
-                    r.origin,
-                    Access::of(&r.entry)
-                );
-            }
-        }
-        Reason::HostLoopback => {
-            let _ = writeln!(
-                w,
-                "  the host's loopback is reachable only through an allow entry that names it"
-            );
         }
     }
     for note in &e.notes {
@@ -445,9 +635,130 @@ pub fn render(e: &Explanation, policy: &Policy) -> String {
     out
 }
 
+/// The lines that say why. At an address, a host name entry holds it through the name's
+/// answer, which is said unless the name is the one asked about.
+fn reason_lines(reason: &Reason, addr: Option<IpAddr>, asked: Option<&str>) -> Vec<String> {
+    let rule = |r: &Rule, role: &str| {
+        let mut text = format!("{role} `{}` at {}", r.entry, r.origin);
+        if let (Some(addr), Target::Host(host)) = (addr, &r.entry.target)
+            && asked != Some(host.as_str())
+        {
+            text.push_str(&format!(", as `{host}` resolves to {addr}"));
+        }
+        text
+    };
+    match reason {
+        Reason::AllowedBy(r) => vec![rule(r, "allowed by")],
+        Reason::Open(origin) => vec![format!(
+            "`mode: open` at {origin} admits everything no deny entry holds"
+        )],
+        Reason::ModeNone(origin) => vec![format!(
+            "`mode: none` at {origin}: nothing but the command's own loopback"
+        )],
+        Reason::DeniedBy { deny, allow } => {
+            let mut lines = vec![rule(deny, "denied by")];
+            if let Some(allow) = allow {
+                lines.push(format!("{} (deny wins)", rule(allow, "over")));
+            }
+            lines
+        }
+        Reason::NameRefused { deny, allow } => {
+            let mut lines = vec![
+                rule(deny, "denied by"),
+                "sbx's DNS service refuses a name that a deny entry names, on every port".into(),
+            ];
+            if let Some(allow) = allow {
+                lines.push(format!("{} (deny wins)", rule(allow, "over")));
+            }
+            lines
+        }
+        Reason::NotInAllowlist => {
+            let mut line = "not in the allowlist: no allow entry names it".to_string();
+            if addr.is_none() && asked.is_some() {
+                line.push_str(" (sbx's DNS service refuses the name)");
+            }
+            vec![line]
+        }
+        Reason::OtherPorts(rules) => rules
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} names it for {} only",
+                    rule(r, "").trim_start(),
+                    Access::of(&r.entry)
+                )
+            })
+            .collect(),
+        Reason::HostLoopback => vec![
+            "the host's loopback is reachable only through an allow entry that names it".into(),
+        ],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resolve::{Address, Answer};
+
+    fn policy(text: &str) -> Policy {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        std::fs::write(&path, text).unwrap();
+        let mut loader = crate::policy::Loader::new();
+        loader.load(&path).expect("a valid policy")
+    }
+
+    fn answers(entries: &[(&str, &str)]) -> Answers {
+        entries
+            .iter()
+            .map(|(name, ip)| {
+                let answer = Answer {
+                    cnames: Vec::new(),
+                    addresses: vec![Address {
+                        ip: ip.parse().unwrap(),
+                        ttl: 60,
+                    }],
+                };
+                (name.to_string(), Ok(answer))
+            })
+            .collect()
+    }
+
+    /// An exact name's answer is admitted at start for the ports of every allow entry that
+    /// matches the name, as the sandbox's DNS service admits it; a deny wildcard holds no
+    /// address, a deny name holds its own.
+    #[test]
+    fn addresses_as_the_sandbox_admits_them_at_start() {
+        let p = policy(
+            "version: 1\nnetwork:\n  mode: allowlist\n  allow:\n    - api.x.test:443\n\
+             \x20   - \"*.x.test:8080\"\n  deny:\n    - \"*.y.test\"\n    - bad.test:22\n",
+        );
+        let a = answers(&[
+            ("api.x.test", "192.0.2.1"),
+            ("bad.test", "192.0.2.1"),
+            ("other.x.test", "192.0.2.2"),
+        ]);
+        let (access, _) = judge_address(&p, "192.0.2.1".parse().unwrap(), &a);
+        assert_eq!(access.to_string(), "tcp 443,8080");
+        // A name under the wildcard, not in the policy, is admitted only when asked for.
+        let (access, reason) = judge_address(&p, "192.0.2.2".parse().unwrap(), &a);
+        assert!(access.is_empty());
+        assert!(matches!(reason, Reason::NotInAllowlist));
+        let q = Query::parse("other.x.test:8080").unwrap();
+        let e = explain_resolved(&p, &q, Some(&a));
+        assert_eq!(e.verdict, Verdict::Allowed);
+        // A deny name holds its address on its own ports, whichever name leads there.
+        let q = Query::parse("api.x.test:22").unwrap();
+        let e = explain_resolved(&p, &q, Some(&a));
+        assert_eq!(e.verdict, Verdict::Denied);
+        let Some(Ok(list)) = &e.addresses else {
+            panic!("{e:?}")
+        };
+        assert!(
+            matches!(&list[0].reason, Reason::DeniedBy { deny, .. } if deny.entry.to_string() == "bad.test:22"),
+            "{list:?}"
+        );
+    }
 
     #[test]
     fn queries() {

@@ -1,8 +1,9 @@
 //! Reviewing policy changes: `sbx diff` (what access a change adds or removes, after `extends`),
 //! `sbx explain` (the verdict for one destination and the rule that decides it) and `sbx test`
-//! (expectations kept beside a policy). All of it works on composed policies, offline: it
-//! compares what policies say, not what names resolve to, and never reaches the backend or
-//! sandbox stages.
+//! (expectations kept beside a policy). All of it works on composed policies, offline by
+//! default: it compares what policies say, not what names resolve to. `sbx diff --resolve` and
+//! `sbx explain --resolve` ask sbx's resolver (with each policy's own `dns` settings) for the
+//! addresses of names as well. Nothing here reaches the backend or sandbox stages.
 
 pub mod access;
 pub mod diff;
@@ -19,6 +20,7 @@ use termcolor::WriteColor;
 
 use crate::diag::{self, Diagnostic};
 use crate::policy::{Loader, Policy};
+use crate::resolve::{self, Answers};
 pub use diff::PolicyDiff;
 pub use render::Format;
 
@@ -61,34 +63,71 @@ fn report_errors_in(
     Ok(any)
 }
 
-/// `sbx diff OLD NEW`: two policy files. `None` when one has errors (written to `stderr`).
+/// What `policy`'s host names (and `extra`) resolve to now, with its own `dns` settings; an
+/// absent policy has no names. `Err` when no resolver can be set up for its settings.
+pub fn resolve_names(policy: Option<&Policy>, extra: Option<&str>) -> Result<Answers, String> {
+    let Some(policy) = policy else {
+        return Ok(Answers::new());
+    };
+    let mut names = policy.host_names();
+    names.extend(extra.map(str::to_string));
+    resolve::resolve_once(&policy.dns, names).map_err(|why| {
+        format!(
+            "cannot resolve the names of policy `{}`: {why}",
+            policy.name
+        )
+    })
+}
+
+/// [`diff::diff`], each side's names resolved first when `resolve` is set.
+fn diff_sides(
+    path: String,
+    old: Option<&Policy>,
+    new: Option<&Policy>,
+    resolve: bool,
+) -> Result<PolicyDiff, String> {
+    if !resolve {
+        return Ok(diff::diff(path, old, new, None));
+    }
+    let (old_answers, new_answers) = (resolve_names(old, None)?, resolve_names(new, None)?);
+    let resolution = diff::Resolution {
+        old: &old_answers,
+        new: &new_answers,
+    };
+    Ok(diff::diff(path, old, new, Some(resolution)))
+}
+
+/// `sbx diff OLD NEW`: two policy files. `Ok(None)` when one has errors (written to `stderr`);
+/// `Err` when names were to be resolved and could not be.
 pub fn diff_files(
     old: &Path,
     new: &Path,
+    resolve: bool,
     stderr: &mut dyn WriteColor,
-) -> io::Result<Option<Vec<PolicyDiff>>> {
+) -> io::Result<Result<Option<Vec<PolicyDiff>>, String>> {
     let (mut old_loader, mut new_loader) = (Loader::new(), Loader::new());
     let old_policy = old_loader.load(old);
     let new_policy = new_loader.load(new);
     if report_errors(stderr, &[&old_loader, &new_loader])? {
-        return Ok(None);
+        return Ok(Ok(None));
     }
     let path = if old == new {
         new.display().to_string()
     } else {
         format!("{} → {}", old.display(), new.display())
     };
-    let d = diff::diff(path, old_policy.as_ref(), new_policy.as_ref());
-    Ok(Some(vec![d]))
+    Ok(diff_sides(path, old_policy.as_ref(), new_policy.as_ref(), resolve).map(|d| Some(vec![d])))
 }
 
 /// `sbx diff --git SPEC [PATHS]`: every policy below `paths` (relative to `cwd`; the whole
 /// repository when empty) that changed between the two revisions of `spec`, or whose `extends`
-/// chain did. `Err` for a git problem; `Ok(None)` when a policy has errors (written).
+/// chain did. `Err` for a git problem, or names that could not be resolved; `Ok(None)` when a
+/// policy has errors (written).
 pub fn diff_git(
     cwd: &Path,
     spec: &str,
     paths: &[PathBuf],
+    resolve: bool,
     stderr: &mut dyn WriteColor,
 ) -> io::Result<Result<Option<Vec<PolicyDiff>>, String>> {
     let sides = || -> Result<_, String> {
@@ -160,10 +199,10 @@ pub fn diff_git(
         .into_iter()
         .filter(|(_, old, new)| old.is_some() || new.is_some())
         .map(|(rel, old, new): (_, Option<Policy>, Option<Policy>)| {
-            diff::diff(rel.clone(), old.as_ref(), new.as_ref())
+            diff_sides(rel.clone(), old.as_ref(), new.as_ref(), resolve)
         })
-        .collect();
-    Ok(Ok(Some(diffs)))
+        .collect::<Result<Vec<_>, String>>();
+    Ok(diffs.map(Some))
 }
 
 /// `sbx explain`: the policy at `path`, or `None` when it has errors (written to `stderr`).

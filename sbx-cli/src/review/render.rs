@@ -14,7 +14,7 @@ pub enum Format {
     Human,
     /// For a pull-request comment: a summary and a `diff` block per policy.
     Markdown,
-    /// One JSON object: {widened, policies: [{path, status, widened, changes: […]}]}.
+    /// One JSON object: {widened, policies: [{path, status, widened, changes: […], notes}]}.
     Json,
 }
 
@@ -74,6 +74,9 @@ pub fn human(out: &mut dyn WriteColor, diffs: &[PolicyDiff]) -> io::Result<()> {
             out.reset()?;
             writeln!(out)?;
         }
+        for note in &d.notes {
+            writeln!(out, "  note: {note}")?;
+        }
         writeln!(out)?;
     }
     writeln!(out, "{}", summary(diffs))
@@ -85,6 +88,9 @@ pub fn markdown(out: &mut dyn Write, diffs: &[PolicyDiff]) -> io::Result<()> {
     writeln!(out, "### {mark}sbx diff: {}\n", summary(diffs))?;
     for d in diffs {
         writeln!(out, "#### `{}`: {}\n", d.path, status_text(d))?;
+        for note in &d.notes {
+            writeln!(out, "> note: {note}\n")?;
+        }
         if d.changes.is_empty() {
             continue;
         }
