@@ -281,3 +281,42 @@ dns:
         server.queries()
     );
 }
+
+/// `--resolve` at an address an allowed name resolves to, under a deny wildcard over that name:
+/// denied, as the sandbox denies it (a deny wildcard denies the start-up addresses of the
+/// allowed names below it); the same name's address outside the wildcard's ports stays allowed.
+#[test]
+fn resolve_judges_an_allowed_names_address_under_a_deny_wildcard_denied() {
+    use common::dns::{DnsServer, Zone};
+    let server = DnsServer::start(Zone::new().addrs("api.x.test", &["192.0.2.30"], 300));
+    let dir = Dir::new();
+    dir.write(
+        "policy.yaml",
+        &format!(
+            "version: 1
+network:
+  mode: allowlist
+  allow:
+    - host: api.x.test
+      ports: [443, 8443]
+  deny:
+    - \"*.x.test:443\"
+dns:
+  servers: [\"{}\"]
+  timeout: 500ms
+  attempts: 1
+",
+            server.addr()
+        ),
+    );
+    let explain_resolved = |dest: &str| {
+        let out = sbx(&["explain", "--resolve", "policy.yaml", dest], dir.path());
+        let text = String::from_utf8(out.stdout).unwrap() + &String::from_utf8(out.stderr).unwrap();
+        (out.status.code().unwrap(), text)
+    };
+    let (code, out) = explain_resolved("192.0.2.30:443");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("`*.x.test:443` at policy.yaml:8:7"), "{out}");
+    let (code, out) = explain_resolved("192.0.2.30:8443");
+    assert_eq!(code, 0, "{out}");
+}

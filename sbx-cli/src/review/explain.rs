@@ -319,7 +319,8 @@ pub fn admitting<'p>(
         answers: Some(answers),
         via: None,
     };
-    allow_rules(policy, &Dest::Addr(addr), cx)
+    let dest = Dest::Addr(addr);
+    allow_rules(policy, &dest, &started_names(policy, &dest, cx), cx)
         .into_iter()
         .filter(|r| Access::of(&r.entry).overlaps(within))
         .collect()
@@ -343,12 +344,10 @@ struct Judged {
     reason: Reason,
 }
 
-/// The allow entries that name the destination. At an address, with answers, also those that
-/// match an allowed exact name resolving to it: sbx admits each such name's answer when the
-/// sandbox starts, for the ports of every allow entry that matches the name, wildcards included
-/// (as the DNS service admits any answer).
-fn allow_rules<'p>(policy: &'p Policy, dest: &Dest, cx: Context<'_>) -> Vec<&'p Rule> {
-    let started: Vec<&str> = match dest {
+/// At an address, with answers: the allowed exact names that resolve to it, whose answers sbx
+/// admits when the sandbox starts.
+fn started_names<'p>(policy: &'p Policy, dest: &Dest, cx: Context<'_>) -> Vec<&'p str> {
+    match dest {
         Dest::Addr(addr) => policy
             .allow
             .iter()
@@ -358,26 +357,50 @@ fn allow_rules<'p>(policy: &'p Policy, dest: &Dest, cx: Context<'_>) -> Vec<&'p 
             })
             .collect(),
         Dest::Name(_) => Vec::new(),
-    };
-    let admitted_at_start = |target: &Target| match target {
+    }
+}
+
+/// Whether an entry applies to the addresses sbx admits at start for `started` names: an exact
+/// name among them, or a wildcard above one (for allow entries, as the DNS service admits any
+/// answer; for deny entries, since a deny wildcard denies the start-up addresses of the allowed
+/// names below it).
+fn covers_started(target: &Target, started: &[&str]) -> bool {
+    match target {
         Target::Host(h) => started.contains(&h.as_str()),
         Target::Wildcard(suffix) => started.iter().any(|n| is_strictly_below(n, suffix)),
         _ => false,
-    };
+    }
+}
+
+/// The allow entries that name the destination. At an address, with answers, also those that
+/// match an allowed exact name resolving to it: sbx admits each such name's answer when the
+/// sandbox starts, for the ports of every allow entry that matches the name, wildcards included
+/// (as the DNS service admits any answer).
+fn allow_rules<'p>(
+    policy: &'p Policy,
+    dest: &Dest,
+    started: &[&str],
+    cx: Context<'_>,
+) -> Vec<&'p Rule> {
     policy
         .allow
         .iter()
-        .filter(|r| names(&r.entry.target, dest, cx) || admitted_at_start(&r.entry.target))
+        .filter(|r| names(&r.entry.target, dest, cx) || covers_started(&r.entry.target, started))
         .collect()
 }
 
 /// The verdict for one destination (a name by name, an address by address) and its reason.
 fn judge(policy: &Policy, dest: &Dest, asked_for: &Access, cx: Context<'_>) -> Judged {
-    let allow = allow_rules(policy, dest, cx);
+    let started = started_names(policy, dest, cx);
+    let allow = allow_rules(policy, dest, &started, cx);
     let deny: Vec<&Rule> = policy
         .deny
         .iter()
-        .filter(|r| names(&r.entry.target, dest, cx))
+        .filter(|r| {
+            names(&r.entry.target, dest, cx)
+                || (matches!(r.entry.target, Target::Wildcard(_))
+                    && covers_started(&r.entry.target, &started))
+        })
         .collect();
     let mode = policy.mode.value;
     let loopback = is_host_loopback(dest);
