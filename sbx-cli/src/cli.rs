@@ -347,9 +347,10 @@ enum Command {
         events: Option<PathBuf>,
 
         /// With --events: record allowed connections too (`"verdict": "allowed"`): each TCP
-        /// connect and UDP connect, and each UDP send to a peer not sent to in the last two
-        /// minutes (eBPF, with the process); each new connection leaving the sandbox (nftables).
-        /// Not the command's own loopback traffic, nor DNS to sbx's service.
+        /// connect and UDP connect, and each UDP send to a peer that the socket's port has not
+        /// sent to in the last two minutes (eBPF, with the process); each new connection leaving
+        /// the sandbox (nftables). Not the command's own loopback traffic, nor DNS to sbx's
+        /// service.
         #[arg(long, requires = "events")]
         events_allowed: bool,
 

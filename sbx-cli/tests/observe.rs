@@ -275,8 +275,53 @@ fn audit_of_mode_none_reaches_and_reports(backend: &str) {
     assert!(events.iter().all(|e| e["audit"] == true), "{events:?}");
 }
 
+/// Datagrams an unconnected UDP socket sends to one peer are one allowed event, not one per
+/// datagram (eBPF: the send that adds the peer to those whose replies are admitted; nftables: the
+/// new conntrack flow); a second peer is a second event.
+fn a_stream_of_datagrams_to_one_peer_is_one_event(backend: &str) {
+    let setup = setup("mode: open");
+    let events = setup.dir.path().join("events.jsonl");
+    let v4 = &setup.host.v4;
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n\
+         for port in (5353, 5353, 5353, 5353, 5353, 9999):\n    s.sendto(b'x', ('{v4}', port))\n\
+         print('echo', s.recvfrom(100)[0][:9].decode())"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_sbx"))
+        .args([
+            "apply",
+            "--backend",
+            backend,
+            "--events-allowed",
+            "--events",
+        ])
+        .arg(&events)
+        .arg(&setup.policy)
+        .args(["--", "python3", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("echo port 5353"),
+        "{out:?}"
+    );
+    let events = read_events(&events);
+    assert_eq!(
+        summed(&events),
+        [
+            ("allowed".into(), v4.clone(), 5353, 17),
+            ("allowed".into(), v4.clone(), 9999, 17),
+        ],
+        "{events:?}"
+    );
+    if backend == "ebpf" {
+        assert!(events.iter().all(|e| e["hook"] == "sendmsg4"), "{events:?}");
+    }
+}
+
 crate::on_both_backends!(
     allowed_connections_are_recorded,
+    a_stream_of_datagrams_to_one_peer_is_one_event,
     in_mode_open_allowed_connections_are_recorded_only_when_asked,
     audit_refuses_nothing_and_reports_each_would_be_denial,
     audit_of_mode_none_reaches_and_reports,
