@@ -1,6 +1,6 @@
 //! sbx's DNS service for one sandbox: the only DNS server the command can reach. Names the
-//! policy allows are resolved with sbx's own resolver and answered; every other name gets
-//! REFUSED, and no query leaves the host for it. A question is judged by its labels as they came
+//! policy allows (in mode open, every name it does not deny) are resolved with sbx's own
+//! resolver and answered; every other name gets REFUSED, and no query leaves the host for it. A question is judged by its labels as they came
 //! on the wire, by the rule the policy's names follow ([`crate::policy::name`]), and the upstream
 //! is asked exactly the name judged.
 
@@ -14,7 +14,7 @@ use hickory_resolver::proto::rr::{DNSClass, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::backend::{Admit, Denial};
+use crate::backend::{Admit, Event, Verdict as EventVerdict};
 use crate::plan::{NameRule, Plan, Verdict};
 use crate::policy::name::{HostName, escaped};
 use crate::policy::{Ports, Protocol};
@@ -36,6 +36,11 @@ pub const ADDRESSES_PER_NAME: usize = 64;
 /// Which names the service answers, and how their answers become reachable.
 pub struct Names {
     rules: Vec<NameRule>,
+    /// Mode open (the service runs there with `Observe::dns`): every name not denied is answered.
+    open: bool,
+    /// Audit (`Observe::audit`): a name the policy does not allow is answered too, and reported
+    /// as a would-be refusal.
+    audit: bool,
     groups: Vec<(Protocol, Ports)>,
     /// How long past its TTL an answer stays reachable (`dns.grace`): clients commonly use an
     /// answer a little past its TTL.
@@ -43,13 +48,15 @@ pub struct Names {
     admitter: Option<Arc<dyn Admit>>,
     remembered: Mutex<HashMap<String, HashSet<IpAddr>>>,
     /// Names asked and refused, reported like denied connections.
-    refused: Mutex<Vec<Denial>>,
+    refused: Mutex<Vec<Event>>,
 }
 
 impl Names {
     pub fn new(plan: &Plan, admitter: Option<Arc<dyn Admit>>) -> Names {
         Names {
             rules: plan.names.clone(),
+            open: plan.mode == crate::policy::Mode::Open,
+            audit: false,
             groups: plan.name_groups(),
             grace: plan.dns_grace,
             admitter,
@@ -58,14 +65,15 @@ impl Names {
         }
     }
 
-    /// A name is answered when an allow pattern matches it and no deny pattern does.
+    /// A name is answered when no deny pattern matches it and an allow pattern does (in mode
+    /// open, without one).
     pub fn allows(&self, name: &HostName) -> bool {
         let matching = |verdict: Verdict| {
             self.rules
                 .iter()
                 .any(|r| r.verdict == verdict && r.matches(name))
         };
-        !matching(Verdict::Deny) && matching(Verdict::Allow)
+        !matching(Verdict::Deny) && (self.open || matching(Verdict::Allow))
     }
 
     /// Makes `addrs` (answered for `name`) reachable with the ports and protocol of every allow
@@ -105,9 +113,16 @@ impl Names {
 }
 
 impl Names {
-    /// Records a refused question, reported like a denied connection.
-    fn refuse(&self, name: String, record_type: RecordType) {
-        self.refused.lock().expect("not poisoned").push(Denial {
+    /// In audit: names the policy does not allow are answered, and reported as would-be
+    /// refusals. What no policy can name (see `judge`) is refused all the same.
+    pub fn auditing(self, audit: bool) -> Names {
+        Names { audit, ..self }
+    }
+
+    /// Records a refused question (`audit`: one answered all the same), reported like a denied
+    /// connection.
+    fn refuse(&self, name: String, record_type: RecordType, audit: bool) {
+        self.refused.lock().expect("not poisoned").push(Event {
             pid: None,
             command: None,
             destination: None,
@@ -116,6 +131,9 @@ impl Names {
             hook: "dns",
             name: Some(name),
             record_type: Some(record_type.to_string()),
+            verdict: EventVerdict::Denied,
+            audit,
+            time: std::time::SystemTime::now(),
         });
     }
 }
@@ -181,7 +199,7 @@ impl DnsService {
     }
 
     /// Stops the service and returns the names it refused.
-    pub fn finish(mut self) -> Vec<Denial> {
+    pub fn finish(mut self) -> Vec<Event> {
         self.stop();
         std::mem::take(&mut *self.names.refused.lock().expect("not poisoned"))
     }
@@ -323,7 +341,10 @@ fn judge(question: &Query, names: &Names) -> Judged {
         return refused();
     };
     if !names.allows(&name) {
-        return refused();
+        if !names.audit {
+            return refused();
+        }
+        names.refuse(escaped(labels()), record_type, true);
     }
     match record_type {
         RecordType::A
@@ -387,7 +408,7 @@ async fn answer(
         several => {
             reply.metadata.response_code = ResponseCode::FormErr;
             for q in several {
-                names.refuse(escaped(q.name().iter()), q.query_type());
+                names.refuse(escaped(q.name().iter()), q.query_type(), false);
             }
             return finish(reply, limit);
         }
@@ -395,7 +416,7 @@ async fn answer(
     match judge(question, names) {
         Judged::Refused(name, record_type) => {
             reply.metadata.response_code = ResponseCode::Refused;
-            names.refuse(name, record_type);
+            names.refuse(name, record_type, false);
         }
         // Other record types of an allowed name: an empty answer (NODATA).
         Judged::NoData => {}
@@ -469,6 +490,8 @@ mod tests {
                     origin: "test".into(),
                 })
                 .collect(),
+            open: false,
+            audit: false,
             groups: Vec::new(),
             grace: Duration::ZERO,
             admitter: None,
@@ -531,5 +554,40 @@ mod tests {
         let mut txt = question(&[b"a", b"allowed", b"test"], DNSClass::IN);
         txt.set_query_type(RecordType::TXT);
         assert_eq!(judge(&txt, &names), Judged::NoData);
+    }
+
+    #[test]
+    fn in_audit_a_name_outside_the_policy_is_asked_and_reported() {
+        let names = names(&[(Verdict::Allow, "allowed.test")]).auditing(true);
+        let ask = |text: &str| Judged::Ask(HostName::parse(text).unwrap(), RecordType::A);
+        assert_eq!(judged(&names, &[b"other", b"test"]), ask("other.test"));
+        assert_eq!(judged(&names, &[b"allowed", b"test"]), ask("allowed.test"));
+        // Not a host name: no policy names it, and it is refused as ever.
+        assert!(matches!(
+            judged(&names, &[b"a_b", b"test"]),
+            Judged::Refused(..)
+        ));
+        let reported = names.refused.lock().unwrap();
+        assert_eq!(reported.len(), 1);
+        assert_eq!(reported[0].name.as_deref(), Some("other.test"));
+        assert!(reported[0].audit);
+    }
+
+    #[test]
+    fn in_mode_open_every_name_but_the_denied_is_answered() {
+        let names = Names {
+            open: true,
+            ..names(&[(Verdict::Deny, "*.no.test")])
+        };
+        let ask = |text: &str| Judged::Ask(HostName::parse(text).unwrap(), RecordType::A);
+        assert_eq!(judged(&names, &[b"any", b"test"]), ask("any.test"));
+        assert!(matches!(
+            judged(&names, &[b"a", b"no", b"test"]),
+            Judged::Refused(..)
+        ));
+        assert!(matches!(
+            judged(&names, &[b"a_b", b"test"]),
+            Judged::Refused(..)
+        ));
     }
 }
