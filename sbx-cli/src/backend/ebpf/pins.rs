@@ -93,9 +93,21 @@ pub(super) fn ensure_loaded() -> Result<(), SysError> {
         )
         .step(|| format!("mount a bpf file system on {}", dir.display()))?;
     }
-    let pins = pins();
-    if pins.join("prog_ingress").exists() {
+    let done = pins();
+    if done.exists() {
         return Ok(());
+    }
+    // Pinned into a directory of its own and renamed into place when complete (the caller holds
+    // sbx's lock): a load that fails half-way (a program the kernel's verifier refuses, say)
+    // leaves no directory that looks loaded, and the next run reports the real error again
+    // instead of "File exists".
+    // (bpffs refuses names with a `.`.)
+    let pins = bpf_dir().join(format!(
+        "{}-loading",
+        done.file_name().expect("a hash").to_string_lossy()
+    ));
+    if pins.exists() {
+        std::fs::remove_dir_all(&pins).step(|| format!("remove {}", pins.display()))?;
     }
     std::fs::create_dir_all(&pins).step(|| format!("create {}", pins.display()))?;
     let mut ebpf = aya::Ebpf::load(OBJECT).step(|| "load sbx's eBPF programs".into())?;
@@ -140,7 +152,8 @@ pub(super) fn ensure_loaded() -> Result<(), SysError> {
             .pin(pins.join(format!("map_{name}")))
             .step(|| format!("pin map {name}"))?;
     }
-    Ok(())
+    std::fs::rename(&pins, &done)
+        .step(|| format!("rename {} to {}", pins.display(), done.display()))
 }
 
 /// Removes the pins of other builds of sbx (an upgrade leaves the old ones, and their maps hold
