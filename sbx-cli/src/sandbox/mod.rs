@@ -278,7 +278,7 @@ fn run_in(
         WaitStatus::Signaled(_, signal, _) => 128 + signal as i32,
         _ => 125,
     };
-    Ok((code, dns.map(dns::DnsService::finish).unwrap_or_default()))
+    Ok((code, dns.map(|d| d.finish().0).unwrap_or_default()))
 }
 
 /// A one-line summary on stderr, and every denial as a JSON line in `events` if given. Events
