@@ -338,12 +338,20 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
 
-        /// Write every denial (pid, command, destination, port, protocol, hook) to FILE as JSON
-        /// lines, on both backends (eBPF: what its programs refused; nftables: the packets its
-        /// rules dropped; and the names sbx's DNS service refused). FILE is opened before the command starts (under sudo with the sudo user's
-        /// rights), never through a symbolic link.
+        /// Write every denial (pid, command, destination, port, protocol, hook, verdict, audit,
+        /// time) to FILE as JSON lines, on both backends (eBPF: what its programs refused;
+        /// nftables: the packets its rules dropped; and the names sbx's DNS service refused).
+        /// FILE is opened before the command starts (under sudo with the sudo user's rights),
+        /// never through a symbolic link.
         #[arg(long, value_name = "FILE")]
         events: Option<PathBuf>,
+
+        /// With --events: record allowed connections too (`"verdict": "allowed"`): each TCP
+        /// connect and UDP connect, and each UDP send to a peer not sent to in the last two
+        /// minutes (eBPF, with the process); each new connection leaving the sandbox (nftables).
+        /// Not the command's own loopback traffic, nor DNS to sbx's service.
+        #[arg(long, requires = "events")]
+        events_allowed: bool,
 
         /// The command and its arguments, after `--`.
         #[arg(last = true, value_name = "CMD")]
@@ -513,6 +521,7 @@ pub fn main() -> ExitCode {
             user,
             dry_run,
             events,
+            events_allowed,
             command,
         } => apply(
             &policy,
@@ -521,6 +530,10 @@ pub fn main() -> ExitCode {
                 user,
                 dry_run,
                 events,
+                observe: crate::backend::Observe {
+                    allowed: events_allowed,
+                    ..Default::default()
+                },
                 command,
             },
             &mut stderr,

@@ -31,8 +31,17 @@ pub struct Policy {
     pub dns_ip4: u32,
     pub dns_port: u16,
     pub mode: u8,
-    pub _pad: u8,
+    /// `FLAG_*` bits: what the sandbox records and enforces beyond its rules.
+    pub flags: u8,
 }
+
+/// Refuse nothing: a would-be denial is reported (as an [`Event`] with `audit` set) and let
+/// through.
+pub const FLAG_AUDIT: u8 = 1;
+/// Report allowed connects and sends too ([`VERDICT_ALLOWED`]).
+pub const FLAG_ALLOWED: u8 = 2;
+/// Send DNS to sbx's service in mode open too, as in mode allowlist.
+pub const FLAG_DNS: u8 = 4;
 
 /// One rule set: a protocol and up to [`MAX_PORT_RANGES`] inclusive port ranges. The addresses
 /// it applies to are the address entries whose value has its bit set.
@@ -263,10 +272,15 @@ pub const HOOK_BIND6: u8 = 7;
 /// A datagram a connected UDP socket sent to a held destination (see [`Held`]).
 pub const HOOK_EGRESS: u8 = 8;
 
-/// A refusal, reported to sbx through a ring buffer.
+/// `verdict` of an [`Event`].
+pub const VERDICT_DENIED: u8 = 0;
+pub const VERDICT_ALLOWED: u8 = 1;
+
+/// A refusal (or, with [`FLAG_AUDIT`], a would-be refusal; with [`FLAG_ALLOWED`], an allowed
+/// connect or send), reported to sbx through a ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DenyEvent {
+pub struct Event {
     pub cgroup: u64,
     pub pid: u32,
     /// IPv4 destinations as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).
@@ -275,17 +289,24 @@ pub struct DenyEvent {
     pub protocol: u8,
     pub hook: u8,
     pub comm: [u8; 16],
+    /// When, in `CLOCK_MONOTONIC` nanoseconds (what `bpf_ktime_get_ns` reads).
+    pub time: u64,
+    /// [`VERDICT_DENIED`] or [`VERDICT_ALLOWED`].
+    pub verdict: u8,
+    /// 1 for a denial that audit let through, else 0.
+    pub audit: u8,
+    pub _pad: [u8; 6],
 }
 
 #[cfg(feature = "user")]
-impl DenyEvent {
+impl Event {
     /// The event at the start of `bytes` (as the ring buffer or a spool file holds it), if
     /// `bytes` holds a whole one.
-    pub fn read(bytes: &[u8]) -> Option<DenyEvent> {
-        (bytes.len() >= core::mem::size_of::<DenyEvent>()).then(|| {
-            // SAFETY: `bytes` holds at least one DenyEvent's bytes, read unaligned; DenyEvent is
-            // plain data, valid for any bit pattern (see the `Pod` implementations below).
-            unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<DenyEvent>()) }
+    pub fn read(bytes: &[u8]) -> Option<Event> {
+        (bytes.len() >= core::mem::size_of::<Event>()).then(|| {
+            // SAFETY: `bytes` holds at least one Event's bytes, read unaligned; Event is plain
+            // data, valid for any bit pattern (see the `Pod` implementations below).
+            unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) }
         })
     }
 }
@@ -308,5 +329,5 @@ mod user {
     unsafe impl aya::Pod for SocketOwner {}
     unsafe impl aya::Pod for PeerKey {}
     unsafe impl aya::Pod for Answered {}
-    unsafe impl aya::Pod for DenyEvent {}
+    unsafe impl aya::Pod for Event {}
 }

@@ -11,8 +11,13 @@
 //! `open` everything else is allowed, except the host's loopback (127.0.0.0/8, ::1, and the
 //! unspecified addresses, which the kernel sends to loopback), which only an allow rule opens; in
 //! mode `allowlist` only what an allow rule admits; in mode `none` nothing. DNS (port 53) goes to
-//! sbx's DNS service in allowlist mode, wherever it was sent, unless it is for the command's own
-//! socket.
+//! sbx's DNS service in allowlist mode (and in open mode with `FLAG_DNS`), wherever it was sent,
+//! unless it is for the command's own socket.
+//!
+//! Observing (the policy's `flags`): with `FLAG_AUDIT` a connect or send the policy denies is
+//! reported (`audit` set) and let through; with `FLAG_ALLOWED` every allowed connect, and every
+//! unconnected send to a peer not already remembered, is reported too (not the command's own
+//! loopback, nor DNS sent to sbx's service).
 //!
 //! Inbound (`ingress`): nothing from outside the sandbox reaches a listening TCP socket of the
 //! command, and an unconnected UDP socket of the command receives only from its own sockets and
@@ -442,17 +447,38 @@ fn sbx_held(ctx: *mut bpf_sock_addr, what: u32, high: u64, low: u64) -> u64 {
 /// they are), from a program of a connect, send or bind hook (`ctx`).
 #[inline(always)]
 fn receiver_owner(ctx: *mut bpf_sock_addr, protocol: u8, dst: Ip, port: u16) -> Option<u64> {
-    let (family, high, low) = match dst {
+    let (family, high, low) = as_words(dst);
+    let what = u32::from(protocol) | u32::from(port) << 8 | family << 24;
+    match sbx_receiver_owner(ctx, what, high, low) {
+        NO_RECEIVER => None,
+        id => Some(id),
+    }
+}
+
+/// An address as a global function takes it: the family (1 for IPv6) and two words, as the
+/// bytes of an IPv6 address would be read into them, or an IPv4 address in the low one.
+#[inline(always)]
+fn as_words(addr: Ip) -> (u32, u64, u64) {
+    match addr {
         Ip::V4(a) => (0, 0, u64::from(u32::from_ne_bytes(a))),
         Ip::V6(a) => {
             let (h, l) = a.split_at(8);
             (1, u64::from_ne_bytes(h.try_into().unwrap_or_default()), u64::from_ne_bytes(l.try_into().unwrap_or_default()))
         }
-    };
-    let what = u32::from(protocol) | u32::from(port) << 8 | family << 24;
-    match sbx_receiver_owner(ctx, what, high, low) {
-        NO_RECEIVER => None,
-        id => Some(id),
+    }
+}
+
+/// The address `as_words` gave.
+#[inline(always)]
+fn from_words(family: u32, high: u64, low: u64) -> Ip {
+    if family == 1 {
+        let (h, l) = (high.to_ne_bytes(), low.to_ne_bytes());
+        let mut a = [0u8; 16];
+        a[..8].copy_from_slice(&h);
+        a[8..].copy_from_slice(&l);
+        Ip::V6(a)
+    } else {
+        Ip::V4((low as u32).to_ne_bytes())
     }
 }
 
@@ -471,15 +497,7 @@ const NO_RECEIVER: u64 = u64::MAX;
 fn sbx_receiver_owner(ctx: *mut bpf_sock_addr, what: u32, high: u64, low: u64) -> u64 {
     let protocol = what as u8;
     let port = (what >> 8) as u16;
-    let dst = if what >> 24 == 1 {
-        let (h, l) = (high.to_ne_bytes(), low.to_ne_bytes());
-        let mut a = [0u8; 16];
-        a[..8].copy_from_slice(&h);
-        a[8..].copy_from_slice(&l);
-        Ip::V6(a)
-    } else {
-        Ip::V4((low as u32).to_ne_bytes())
-    };
+    let dst = from_words(what >> 24, high, low);
     let (mut t, size) = tuple(Ip::V4([0; 4]), 0, dst, port);
     let ctx = ctx.cast::<c_void>();
     // SAFETY: the tuple lives on the stack for the call; the socket returned is released below.
@@ -505,6 +523,9 @@ fn sbx_receiver_owner(ctx: *mut bpf_sock_addr, what: u32, high: u64, low: u64) -
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Allow,
+    /// Allowed, and not an allowed connection to report: the command's own loopback, or a
+    /// would-be denial that audit reported and lets through.
+    Quiet,
     Deny,
     /// Sent to sbx's DNS service instead (allowlist mode, port 53, IPv4).
     ToDns,
@@ -517,7 +538,9 @@ fn verdict(ctx: *mut bpf_sock_addr, policy: &Policy, cgroup: u64, addr: Ip, prot
     // Only the command's own sockets: the kernel's lookup finds the socket a connection to this
     // destination would reach, and it must be one the sandbox created.
     let own = loopback && receiver_owner(ctx, protocol, addr, port) == Some(cgroup);
-    if policy.mode == MODE_ALLOWLIST && port == 53 && !own {
+    // With FLAG_DNS (sbx learn) sbx's service sees every question in mode open too.
+    let gated = policy.mode == MODE_ALLOWLIST || (policy.mode == MODE_OPEN && policy.flags & FLAG_DNS != 0);
+    if gated && port == 53 && !own {
         // DNS over IPv6 would pass sbx's DNS service by: refused, as the nftables backend does.
         match addr {
             Ip::V4(_) if policy.dns_port != 0 => return Outcome::ToDns,
@@ -526,7 +549,7 @@ fn verdict(ctx: *mut bpf_sock_addr, policy: &Policy, cgroup: u64, addr: Ip, prot
         }
     }
     if own {
-        return Outcome::Allow;
+        return Outcome::Quiet;
     }
     if policy.mode == MODE_NONE {
         return Outcome::Deny;
@@ -548,21 +571,55 @@ fn verdict(ctx: *mut bpf_sock_addr, policy: &Policy, cgroup: u64, addr: Ip, prot
     if allowed { Outcome::Allow } else { Outcome::Deny }
 }
 
+/// In audit (`FLAG_AUDIT`) a connect or send the policy denies is reported as a would-be denial
+/// and let through; sbx's own DNS redirect and everything else stand as they are.
 #[inline(always)]
-fn report(cgroup: u64, hook: u8, addr: [u8; 16], protocol: u8, port: u16) {
-    if let Some(mut entry) = EVENTS.reserve::<DenyEvent>(0) {
-        let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        entry.write(DenyEvent {
-            cgroup,
-            pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-            addr,
-            port,
-            protocol,
-            hook,
-            comm,
-        });
-        entry.submit(0);
+fn audited(policy: &Policy, outcome: Outcome, cgroup: u64, hook: u8, addr: [u8; 16], protocol: u8, port: u16) -> Outcome {
+    if outcome != Outcome::Deny || policy.flags & FLAG_AUDIT == 0 {
+        return outcome;
     }
+    report(cgroup, hook, addr, protocol, port, VERDICT_DENIED, 1);
+    Outcome::Quiet
+}
+
+#[inline(always)]
+fn report(cgroup: u64, hook: u8, addr: [u8; 16], protocol: u8, port: u16, verdict: u8, audit: u8) {
+    let [high, low] = words(addr);
+    let what = u64::from(hook) | u64::from(protocol) << 8 | u64::from(port) << 16 | u64::from(verdict) << 32 | u64::from(audit) << 40;
+    sbx_report(cgroup, what, high, low);
+}
+
+/// `report`, as a global function verified once on its own (as `sbx_held` is): inlined, each
+/// report multiplied the paths after it. `what` is the hook, the protocol shifted by 8, the port
+/// (host order) by 16, the verdict by 32 and audit by 40; the address is `high` and `low`
+/// (`words`).
+#[inline(never)]
+#[unsafe(no_mangle)]
+fn sbx_report(cgroup: u64, what: u64, high: u64, low: u64) -> u64 {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        return 0;
+    };
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let (h, l) = (high.to_ne_bytes(), low.to_ne_bytes());
+    let mut addr = [0u8; 16];
+    addr[..8].copy_from_slice(&h);
+    addr[8..].copy_from_slice(&l);
+    entry.write(Event {
+        cgroup,
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        addr,
+        port: (what >> 16) as u16,
+        protocol: (what >> 8) as u8,
+        hook: what as u8,
+        comm,
+        // SAFETY: a helper without arguments.
+        time: unsafe { bpf_ktime_get_ns() },
+        verdict: (what >> 32) as u8,
+        audit: (what >> 40) as u8,
+        _pad: [0; 6],
+    });
+    entry.submit(0);
+    1
 }
 
 #[inline(always)]
@@ -571,15 +628,36 @@ fn mapped(addr4: [u8; 4]) -> [u8; 16] {
 }
 
 /// Remembers, for a datagram an unconnected UDP socket is allowed to send, that replies from its
-/// destination may come back (see `ingress`).
+/// destination may come back (see `ingress`). True when the peer was not remembered, or its
+/// entry had expired: only such a send is reported as allowed (`FLAG_ALLOWED`), so that a stream
+/// of datagrams to one peer is one event, not one per datagram.
 #[inline(always)]
-fn remember_peer(ctx: &SockAddrContext, cgroup: u64, addr: [u8; 16], port: u16) {
+fn remember_peer(ctx: &SockAddrContext, addr: [u8; 16], port: u16) -> bool {
+    let [high, low] = words(addr);
+    sbx_remember_peer(ctx.sock_addr, u32::from(port), high, low) != 0
+}
+
+/// `remember_peer`, as a global function verified once on its own (as `sbx_held` is). The peer
+/// is `port` (host order) at the address `high`, `low` (`words`).
+#[inline(never)]
+#[unsafe(no_mangle)]
+fn sbx_remember_peer(ctx: *mut bpf_sock_addr, port: u32, high: u64, low: u64) -> u64 {
     // SAFETY: the context's socket is valid for the program's run.
-    let local_port = unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).src_port } as u16;
-    let key = PeerKey { cgroup, addr, port, local_port, _pad: [0; 4] };
+    let local_port = unsafe { (*(*ctx).__bindgen_anon_1.sk).src_port } as u16;
+    let (h, l) = (high.to_ne_bytes(), low.to_ne_bytes());
+    let mut addr = [0u8; 16];
+    addr[..8].copy_from_slice(&h);
+    addr[8..].copy_from_slice(&l);
+    let key = PeerKey { cgroup: cgroup(), addr, port: port as u16, local_port, _pad: [0; 4] };
     // SAFETY: a helper without arguments.
-    let expires = unsafe { bpf_ktime_get_ns() } + PEER_TTL_NS;
-    let _ = PEERS.insert(&key, &expires, 0);
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the value is only read.
+    let fresh = match unsafe { PEERS.get(&key) } {
+        Some(expires) => now >= *expires,
+        None => true,
+    };
+    let _ = PEERS.insert(&key, &(now + PEER_TTL_NS), 0);
+    u64::from(fresh)
 }
 
 /// For a UDP socket's connect or send (`connect`) to `addr`:`port`: false when a denied connect
@@ -589,7 +667,7 @@ fn remember_peer(ctx: &SockAddrContext, cgroup: u64, addr: [u8; 16], port: u16) 
 fn stands(ctx: &SockAddrContext, connect: bool, outcome: Outcome, addr: [u8; 16], port: u16) -> bool {
     match outcome {
         Outcome::Deny => !(connect && held(ctx, HOLD, addr, port)),
-        Outcome::Allow | Outcome::ToDns => {
+        Outcome::Allow | Outcome::Quiet | Outcome::ToDns => {
             held(ctx, RELEASE, addr, port);
             true
         }
@@ -614,12 +692,13 @@ fn judge4(ctx: &SockAddrContext, hook: u8) -> i32 {
     let port = u16::from_be(sa.user_port as u16);
     let protocol = sa.protocol as u8;
     let outcome = verdict(ctx.sock_addr, policy, cgroup, Ip::V4(addr4), protocol, port);
+    let outcome = audited(policy, outcome, cgroup, hook, mapped(addr4), protocol, port);
     if protocol == PROTO_UDP && !stands(ctx, hook == HOOK_CONNECT4, outcome, mapped(addr4), port) {
         return ALLOW;
     }
-    let (addr, port) = match outcome {
+    let (addr, to) = match outcome {
         Outcome::Deny => {
-            report(cgroup, hook, mapped(addr4), protocol, port);
+            report(cgroup, hook, mapped(addr4), protocol, port, VERDICT_DENIED, 0);
             return DENY;
         }
         Outcome::ToDns => {
@@ -627,10 +706,11 @@ fn judge4(ctx: &SockAddrContext, hook: u8) -> i32 {
             sa.user_port = u32::from(policy.dns_port.to_be());
             (policy.dns_ip4.to_be_bytes(), policy.dns_port)
         }
-        Outcome::Allow => (addr4, port),
+        Outcome::Allow | Outcome::Quiet => (addr4, port),
     };
-    if hook == HOOK_SENDMSG4 {
-        remember_peer(ctx, cgroup, mapped(addr), port);
+    let first = hook != HOOK_SENDMSG4 || remember_peer(ctx, mapped(addr), to);
+    if first && outcome == Outcome::Allow && policy.flags & FLAG_ALLOWED != 0 {
+        report(cgroup, hook, mapped(addr4), protocol, port, VERDICT_ALLOWED, 0);
     }
     ALLOW
 }
@@ -669,14 +749,15 @@ fn judge6(ctx: &SockAddrContext, hook: u8) -> i32 {
         addr[15] = 1;
         sa.user_ip6[3] = u32::from_ne_bytes([127, 0, 0, 1]);
     }
-    let judged = if is_mapped { Ip::V4([addr[12], addr[13], addr[14], addr[15]]) } else { Ip::V6(addr) };
-    let outcome = verdict(ctx.sock_addr, policy, cgroup, judged, protocol, port);
+    let dst = if is_mapped { Ip::V4([addr[12], addr[13], addr[14], addr[15]]) } else { Ip::V6(addr) };
+    let outcome = verdict(ctx.sock_addr, policy, cgroup, dst, protocol, port);
+    let outcome = audited(policy, outcome, cgroup, hook, addr, protocol, port);
     if protocol == PROTO_UDP && !stands(ctx, hook == HOOK_CONNECT6, outcome, addr, port) {
         return ALLOW;
     }
-    let (addr, port) = match outcome {
+    let (peer, to) = match outcome {
         Outcome::Deny => {
-            report(cgroup, hook, addr, protocol, port);
+            report(cgroup, hook, addr, protocol, port, VERDICT_DENIED, 0);
             return DENY;
         }
         Outcome::ToDns => {
@@ -684,10 +765,11 @@ fn judge6(ctx: &SockAddrContext, hook: u8) -> i32 {
             sa.user_port = u32::from(policy.dns_port.to_be());
             (mapped(policy.dns_ip4.to_be_bytes()), policy.dns_port)
         }
-        Outcome::Allow => (addr, port),
+        Outcome::Allow | Outcome::Quiet => (addr, port),
     };
-    if hook == HOOK_SENDMSG6 {
-        remember_peer(ctx, cgroup, addr, port);
+    let first = hook != HOOK_SENDMSG6 || remember_peer(ctx, peer, to);
+    if first && outcome == Outcome::Allow && policy.flags & FLAG_ALLOWED != 0 {
+        report(cgroup, hook, addr, protocol, port, VERDICT_ALLOWED, 0);
     }
     ALLOW
 }
@@ -728,7 +810,7 @@ fn judge_bind(ctx: &SockAddrContext, addr: Ip, hook: u8) -> i32 {
     let cgroup = cgroup();
     match receiver_owner(ctx.sock_addr, protocol, addr, port) {
         Some(owner) if owner != cgroup => {
-            report(cgroup, hook, addr.v6(), protocol, port);
+            report(cgroup, hook, addr.v6(), protocol, port, VERDICT_DENIED, 0);
             DENY
         }
         _ => ALLOW,
@@ -769,7 +851,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     let sk = unsafe { &*ctx.sock };
     let icmp = (sk.family == AF_INET && sk.protocol == IPPROTO_ICMP) || (sk.family == AF_INET6 && sk.protocol == IPPROTO_ICMPV6);
     if sk.type_ == SOCK_RAW || sk.family == AF_PACKET || icmp {
-        report(cgroup(), HOOK_SOCK_CREATE, [0; 16], sk.protocol as u8, 0);
+        report(cgroup(), HOOK_SOCK_CREATE, [0; 16], sk.protocol as u8, 0, VERDICT_DENIED, 0);
         return DENY;
     }
     // The socket is the sandbox's: what the own-socket lookups and the inbound program check.
@@ -942,7 +1024,7 @@ fn refused(ctx: &SkBuffContext) -> bool {
         return false;
     }
     // SAFETY: a read of the context.
-    report(unsafe { bpf_skb_cgroup_id(skb) }, HOOK_EGRESS, dst, PROTO_UDP, port.unwrap_or(0));
+    report(unsafe { bpf_skb_cgroup_id(skb) }, HOOK_EGRESS, dst, PROTO_UDP, port.unwrap_or(0), VERDICT_DENIED, 0);
     true
 }
 

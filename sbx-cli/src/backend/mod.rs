@@ -44,10 +44,12 @@ pub trait Backend {
     /// What `setup` would apply, for `--dry-run`.
     fn describe(&self, plan: &Plan) -> String;
 
-    /// Applies the plan for the sandbox in `slot`. On error, nothing of it is left behind.
+    /// Applies the plan for the sandbox in `slot`, observing as `observe` says. On error, nothing
+    /// of it is left behind.
     fn setup(
         &self,
         plan: &Plan,
+        observe: &Observe,
         slot: u32,
         locked: &Locked<'_>,
     ) -> Result<Box<dyn Enforced>, SysError>;
@@ -76,9 +78,29 @@ pub trait Admit: Send + Sync {
     ) -> Result<(), SysError>;
 }
 
-/// A connection, send or socket the backend refused.
+/// What a sandbox records and enforces beyond its plan (run options, not policy).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Observe {
+    /// Refuse nothing; report each would-be denial as a denial with `audit: true`.
+    pub audit: bool,
+    /// Report allowed TCP connects and UDP sends too (verdict allowed).
+    pub allowed: bool,
+    /// Serve DNS through sbx's DNS service also in open mode (so that sbx sees every
+    /// question and answer); in allowlist mode it always does.
+    pub dns: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allowed,
+    Denied,
+}
+
+/// What was refused (a connection, send, socket or name), or allowed (a connection or send,
+/// with `Observe::allowed`).
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Denial {
+pub struct Event {
     /// The process, as the host sees it (not known for a DNS query).
     pub pid: Option<u32>,
     pub command: Option<String>,
@@ -93,19 +115,45 @@ pub struct Denial {
     /// For `dns`: the name asked, and the record type.
     pub name: Option<String>,
     pub record_type: Option<String>,
+    pub verdict: Verdict,
+    /// A denial that audit let through (`Observe::audit`).
+    pub audit: bool,
+    /// When it happened (as RFC 3339 UTC, to the millisecond).
+    #[serde(serialize_with = "rfc3339")]
+    pub time: std::time::SystemTime,
+}
+
+impl Event {
+    pub fn denied(&self) -> bool {
+        self.verdict == Verdict::Denied
+    }
+}
+
+fn rfc3339<S: serde::Serializer>(time: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*time))
+}
+
+/// The wall-clock time of `ns`, a `CLOCK_MONOTONIC` reading (what eBPF's `bpf_ktime_get_ns`
+/// gives), by the distance between the two clocks now.
+pub fn monotonic_to_system(ns: u64) -> std::time::SystemTime {
+    let now = std::time::SystemTime::now();
+    let monotonic = crate::sys::clock::monotonic_ns();
+    let ago = std::time::Duration::from_nanos(monotonic.saturating_sub(ns));
+    now.checked_sub(ago).unwrap_or(now)
 }
 
 /// One sandbox's enforcement, live.
 pub trait Enforced {
-    /// What was refused, once the command has ended. Backends that cannot tell return nothing.
-    fn denials(&mut self) -> Vec<Denial> {
+    /// What was refused (and allowed, with `Observe::allowed`), once the command has ended.
+    /// Backends that cannot tell return nothing.
+    fn events(&mut self) -> Vec<Event> {
         Vec::new()
     }
 
     fn placement(&self) -> Placement<'_>;
 
-    /// Where sbx's DNS service for this sandbox must listen (allowlist mode); port 0 lets the
-    /// kernel choose.
+    /// Where sbx's DNS service for this sandbox must listen (allowlist mode, and open mode with
+    /// `Observe::dns`); port 0 lets the kernel choose.
     fn dns_listen_address(&self) -> Option<SocketAddr>;
 
     /// What admits answered addresses (allowlist mode).

@@ -1,6 +1,6 @@
 //! sbx's DNS service for one sandbox: the only DNS server the command can reach. Names the
-//! policy allows are resolved with sbx's own resolver and answered; every other name gets
-//! REFUSED, and no query leaves the host for it. A question is judged by its labels as they came
+//! policy allows (in mode open, every name it does not deny) are resolved with sbx's own
+//! resolver and answered; every other name gets REFUSED, and no query leaves the host for it. A question is judged by its labels as they came
 //! on the wire, by the rule the policy's names follow ([`crate::policy::name`]), and the upstream
 //! is asked exactly the name judged.
 
@@ -14,7 +14,7 @@ use hickory_resolver::proto::rr::{DNSClass, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::backend::{Admit, Denial};
+use crate::backend::{Admit, Event, Verdict as EventVerdict};
 use crate::plan::{NameRule, Plan, Verdict};
 use crate::policy::name::{HostName, escaped};
 use crate::policy::{Ports, Protocol};
@@ -36,6 +36,8 @@ pub const ADDRESSES_PER_NAME: usize = 64;
 /// Which names the service answers, and how their answers become reachable.
 pub struct Names {
     rules: Vec<NameRule>,
+    /// Mode open (the service runs there with `Observe::dns`): every name not denied is answered.
+    open: bool,
     groups: Vec<(Protocol, Ports)>,
     /// How long past its TTL an answer stays reachable (`dns.grace`): clients commonly use an
     /// answer a little past its TTL.
@@ -43,7 +45,7 @@ pub struct Names {
     admitter: Option<Arc<dyn Admit>>,
     remembered: Mutex<HashMap<String, HashSet<IpAddr>>>,
     /// Names asked and refused, reported like denied connections.
-    refused: Mutex<Vec<Denial>>,
+    refused: Mutex<Vec<Event>>,
     /// What the command asked and was answered, by name, when recording (`sbx learn`).
     asked: Option<Mutex<Asked>>,
 }
@@ -107,6 +109,7 @@ impl Names {
     pub fn new(plan: &Plan, admitter: Option<Arc<dyn Admit>>) -> Names {
         Names {
             rules: plan.names.clone(),
+            open: plan.mode == crate::policy::Mode::Open,
             groups: plan.name_groups(),
             grace: plan.dns_grace,
             admitter,
@@ -142,14 +145,15 @@ impl Names {
         );
     }
 
-    /// A name is answered when an allow pattern matches it and no deny pattern does.
+    /// A name is answered when no deny pattern matches it and an allow pattern does (in mode
+    /// open, without one).
     pub fn allows(&self, name: &HostName) -> bool {
         let matching = |verdict: Verdict| {
             self.rules
                 .iter()
                 .any(|r| r.verdict == verdict && r.matches(name))
         };
-        !matching(Verdict::Deny) && matching(Verdict::Allow)
+        !matching(Verdict::Deny) && (self.open || matching(Verdict::Allow))
     }
 
     /// Makes `addrs` (answered for `name`) reachable with the ports and protocol of every allow
@@ -191,7 +195,7 @@ impl Names {
 impl Names {
     /// Records a refused question, reported like a denied connection.
     fn refuse(&self, name: String, record_type: RecordType) {
-        self.refused.lock().expect("not poisoned").push(Denial {
+        self.refused.lock().expect("not poisoned").push(Event {
             pid: None,
             command: None,
             destination: None,
@@ -200,6 +204,9 @@ impl Names {
             hook: "dns",
             name: Some(name),
             record_type: Some(record_type.to_string()),
+            verdict: EventVerdict::Denied,
+            audit: false,
+            time: std::time::SystemTime::now(),
         });
     }
 }
@@ -266,7 +273,7 @@ impl DnsService {
 
     /// Stops the service and returns the names it refused, and what it recorded (see
     /// [`Names::recording`]).
-    pub fn finish(mut self) -> (Vec<Denial>, Option<Asked>) {
+    pub fn finish(mut self) -> (Vec<Event>, Option<Asked>) {
         self.stop();
         let refused = std::mem::take(&mut *self.names.refused.lock().expect("not poisoned"));
         let asked = self
@@ -566,6 +573,7 @@ mod tests {
                     origin: "test".into(),
                 })
                 .collect(),
+            open: false,
             groups: Vec::new(),
             grace: Duration::ZERO,
             admitter: None,
@@ -629,5 +637,23 @@ mod tests {
         let mut txt = question(&[b"a", b"allowed", b"test"], DNSClass::IN);
         txt.set_query_type(RecordType::TXT);
         assert_eq!(judge(&txt, &names), Judged::NoData);
+    }
+
+    #[test]
+    fn in_mode_open_every_name_but_the_denied_is_answered() {
+        let names = Names {
+            open: true,
+            ..names(&[(Verdict::Deny, "*.no.test")])
+        };
+        let ask = |text: &str| Judged::Ask(HostName::parse(text).unwrap(), RecordType::A);
+        assert_eq!(judged(&names, &[b"any", b"test"]), ask("any.test"));
+        assert!(matches!(
+            judged(&names, &[b"a", b"no", b"test"]),
+            Judged::Refused(..)
+        ));
+        assert!(matches!(
+            judged(&names, &[b"a_b", b"test"]),
+            Judged::Refused(..)
+        ));
     }
 }

@@ -26,7 +26,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Pid, User, getgrouplist, getpid, getppid};
 
-use crate::backend::{Backend, Enforced, Placement};
+use crate::backend::{Backend, Enforced, Event, Observe, Placement};
 use crate::plan::Plan;
 use crate::policy::name::HostName;
 use crate::resolve::Resolver;
@@ -39,8 +39,10 @@ pub struct Options {
     pub backend: crate::backend::Choice,
     pub user: Option<String>,
     pub dry_run: bool,
-    /// Where to write every denial as a JSON line.
+    /// Where to write every event as a JSON line.
     pub events: Option<PathBuf>,
+    /// What the sandbox records (allowed connections) and enforces (audit) beyond the plan.
+    pub observe: Observe,
     pub command: Vec<OsString>,
 }
 
@@ -126,7 +128,7 @@ pub fn apply(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<
         for index in stale {
             clean_slot(index, locked.dir())?;
         }
-        match backend.setup(plan, slot.index, &locked) {
+        match backend.setup(plan, &options.observe, slot.index, &locked) {
             Ok(enforced) => (slot, enforced),
             Err(e) => {
                 let _ = slot.release(&locked);
@@ -146,12 +148,14 @@ pub fn apply(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<
         &cwd,
         &options.command,
     );
-    let (result, mut denials) = match result {
+    let (result, mut observed) = match result {
         Ok((code, refused_names)) => (Ok(code), refused_names),
         Err(e) => (Err(e), Vec::new()),
     };
-    denials.extend(enforced.denials());
-    let reported = report_denials(&denials, events.as_mut());
+    observed.extend(enforced.events());
+    // The DNS service's and the backend's, each in order, interleaved as they happened.
+    observed.sort_by_key(|e| e.time);
+    let reported = report_events(&observed, events.as_mut());
     let locked = state.lock()?;
     let teardown = enforced.teardown(&locked);
     let _ = std::fs::remove_file(resolv_conf_path(state.dir(), slot.index));
@@ -176,7 +180,7 @@ fn run_in(
     run_as: &RunAs,
     cwd: &Path,
     command: &[OsString],
-) -> Result<(i32, Vec<crate::backend::Denial>), ApplyError> {
+) -> Result<(i32, Vec<Event>), ApplyError> {
     let mut resolv_conf = None;
     let dns = match enforced.dns_listen_address() {
         Some(at) => {
@@ -281,13 +285,10 @@ fn run_in(
     Ok((code, dns.map(|d| d.finish().0).unwrap_or_default()))
 }
 
-/// A one-line summary on stderr, and every denial as a JSON line in `events` if given. Events
-/// go only to the file opened before the command ran; if its path names something else now (the
-/// command replaced it, with a link say), nothing is written and that is an error.
-fn report_denials(
-    denials: &[crate::backend::Denial],
-    events: Option<&mut file::UserFile>,
-) -> Result<(), SysError> {
+/// A one-line summary of the denials on stderr, and every event as a JSON line in `events` if
+/// given. Events go only to the file opened before the command ran; if its path names something
+/// else now (the command replaced it, with a link say), nothing is written and that is an error.
+fn report_events(observed: &[Event], events: Option<&mut file::UserFile>) -> Result<(), SysError> {
     let has_events = events.is_some();
     let written = events.map_or(Ok(()), |out| {
         use std::io::Write;
@@ -299,22 +300,23 @@ fn report_denials(
             ));
         }
         let mut text = String::new();
-        for denial in denials {
-            text.push_str(&serde_json::to_string(denial).expect("serialisable"));
+        for event in observed {
+            text.push_str(&serde_json::to_string(event).expect("serialisable"));
             text.push('\n');
         }
         out.file
             .write_all(text.as_bytes())
             .map_err(|e| SysError::new(format!("write {}", out.path.display()), e))
     });
+    let denials: Vec<&Event> = observed.iter().filter(|e| e.denied()).collect();
     if !denials.is_empty() {
-        eprintln!("{}", summary(denials, has_events));
+        eprintln!("{}", summary(&denials, has_events));
     }
     written
 }
 
 /// The one line that sums up a run's denials on stderr.
-fn summary(denials: &[crate::backend::Denial], has_events: bool) -> String {
+fn summary(denials: &[&Event], has_events: bool) -> String {
     let mut by_destination: std::collections::BTreeMap<(String, &str), (usize, Vec<&str>)> =
         std::collections::BTreeMap::new();
     for d in denials {
@@ -603,10 +605,8 @@ fn shell_words(words: &[OsString]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Denial;
-
-    fn denial(destination: &str, port: Option<u16>, protocol: u8) -> Denial {
-        Denial {
+    fn denial(destination: &str, port: Option<u16>, protocol: u8) -> Event {
+        Event {
             pid: None,
             command: None,
             destination: Some(destination.parse().unwrap()),
@@ -615,6 +615,9 @@ mod tests {
             hook: "nftables",
             name: None,
             record_type: None,
+            verdict: crate::backend::Verdict::Denied,
+            audit: false,
+            time: std::time::SystemTime::now(),
         }
     }
 
@@ -626,7 +629,7 @@ mod tests {
             denial("192.0.2.7", Some(443), 6),
         ];
         assert_eq!(
-            summary(&denials, true),
+            summary(&denials.iter().collect::<Vec<_>>(), true),
             "sbx: denied 3 times: 192.0.2.7:443/tcp, ff02::2/icmp 2\u{d7}"
         );
     }

@@ -5,6 +5,7 @@
 pub mod bpf;
 pub mod caps;
 pub mod cgroup;
+pub mod clock;
 pub mod fd;
 pub mod file;
 pub mod landlock;

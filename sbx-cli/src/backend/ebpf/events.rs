@@ -1,4 +1,5 @@
-//! Denials the programs report, routed to the sbx of their sandbox.
+//! Events the programs report (denials, and allowed connections when asked), routed to the sbx
+//! of their sandbox.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -11,7 +12,7 @@ use super::pins::pinned_map;
 use crate::state::STATE_DIR;
 use crate::sys::{Step, SysError};
 
-/// Denials reported by the programs, routed to their sandboxes.
+/// Events reported by the programs, routed to their sandboxes.
 ///
 /// The ring buffer is one map shared by every sandbox, and a ring buffer has one consumer
 /// position: two sbx reading it would take each other's events. So whoever drains it does so
@@ -19,15 +20,15 @@ use crate::sys::{Step, SysError};
 /// `/run/sbx/events/<cgroup id>`, where their sbx collects them.
 pub struct Events {
     cgroup: u64,
-    mine: std::sync::Arc<std::sync::Mutex<Vec<DenyEventRecord>>>,
+    mine: std::sync::Arc<std::sync::Mutex<Vec<EventRecord>>>,
     /// Dropped to stop the drain thread at once (it waits on the other end between drains).
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// A `DenyEvent` as read back.
+/// An `Event` as read back.
 #[derive(Clone, Copy)]
-pub struct DenyEventRecord(pub sbx_common::DenyEvent);
+pub struct EventRecord(pub sbx_common::Event);
 
 pub(super) fn events_dir() -> PathBuf {
     Path::new(STATE_DIR).join("events")
@@ -46,10 +47,10 @@ pub(super) fn events_lock() -> Result<nix::fcntl::Flock<File>, SysError> {
         .step(|| format!("lock {}", path.display()))
 }
 
-pub(super) const EVENT_SIZE: usize = std::mem::size_of::<sbx_common::DenyEvent>();
+pub(super) const EVENT_SIZE: usize = std::mem::size_of::<sbx_common::Event>();
 
 /// Drains the ring buffer: `cgroup`'s events into `mine`, the rest into their spool files.
-pub(super) fn drain(cgroup: u64, mine: &mut Vec<DenyEventRecord>) -> Result<(), SysError> {
+pub(super) fn drain(cgroup: u64, mine: &mut Vec<EventRecord>) -> Result<(), SysError> {
     let _lock = events_lock()?;
     // Opened anew each time, under the lock: aya keeps the consumer position it read at opening,
     // so a handle kept open would read again what another sbx has drained since.
@@ -57,11 +58,11 @@ pub(super) fn drain(cgroup: u64, mine: &mut Vec<DenyEventRecord>) -> Result<(), 
     let mut ring: aya::maps::RingBuf<MapData> = map.try_into().step(|| "map EVENTS".into())?;
     let mut others: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     while let Some(item) = ring.next() {
-        let Some(event) = sbx_common::DenyEvent::read(&item) else {
+        let Some(event) = sbx_common::Event::read(&item) else {
             continue;
         };
         if event.cgroup == cgroup {
-            mine.push(DenyEventRecord(event));
+            mine.push(EventRecord(event));
         } else {
             others
                 .entry(event.cgroup)
@@ -93,7 +94,7 @@ pub(super) fn drain(cgroup: u64, mine: &mut Vec<DenyEventRecord>) -> Result<(), 
     let spool = events_dir().join(cgroup.to_string());
     if let Ok(bytes) = std::fs::read(&spool) {
         for chunk in bytes.chunks_exact(EVENT_SIZE) {
-            mine.extend(sbx_common::DenyEvent::read(chunk).map(DenyEventRecord));
+            mine.extend(sbx_common::Event::read(chunk).map(EventRecord));
         }
         let _ = std::fs::remove_file(&spool);
     }
@@ -131,8 +132,8 @@ impl Events {
         }
     }
 
-    /// Every denial of the sandbox, once its command has ended.
-    pub fn finish(mut self) -> Vec<DenyEventRecord> {
+    /// Every event of the sandbox, once its command has ended.
+    pub fn finish(mut self) -> Vec<EventRecord> {
         drop(self.stop.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();

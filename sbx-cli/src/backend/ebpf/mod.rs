@@ -24,7 +24,7 @@ use sbx_common::{
     VerdictKey,
 };
 
-use super::{Admit, Backend, Denial, Enforced, Placement};
+use super::{Admit, Backend, Enforced, Event, Observe, Placement, Verdict};
 use crate::plan::Plan;
 use crate::policy::Mode;
 use crate::state::Locked;
@@ -40,7 +40,7 @@ mod pins;
 use admit::Admitter;
 use encode::{Descriptors, blocks, descriptors, trie_key4, trie_key6, write_table};
 use events::events_dir;
-pub use events::{DenyEventRecord, Events};
+pub use events::{EventRecord, Events};
 use maps::Maps;
 pub use pins::{MAPS, PROGRAMS, bpf_dir, cgroup2_mount, is_bpffs, pinned_entries, pinned_memory};
 use pins::{
@@ -75,6 +75,8 @@ struct Live {
     /// Open for the life of the sandbox: the command is started in it (see `sys::spawn`).
     cgroup_dir: File,
     mode: u8,
+    /// `sbx_common::FLAG_*`, from the run's `Observe`.
+    flags: u8,
     /// The programs' links to the cgroup: closing them detaches the programs.
     links: Vec<OwnedFd>,
 }
@@ -121,6 +123,7 @@ impl Backend for Ebpf {
     fn setup(
         &self,
         plan: &Plan,
+        observe: &Observe,
         slot: u32,
         locked: &Locked<'_>,
     ) -> Result<Box<dyn Enforced>, SysError> {
@@ -147,6 +150,14 @@ impl Backend for Ebpf {
             Mode::Allowlist => MODE_ALLOWLIST,
             Mode::Open => MODE_OPEN,
         };
+        let flags = [
+            (observe.audit, sbx_common::FLAG_AUDIT),
+            (observe.allowed, sbx_common::FLAG_ALLOWED),
+            (observe.dns, sbx_common::FLAG_DNS),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |flags, (_, flag)| flags | flag);
         let mut live = Live {
             maps: std::sync::Arc::new(std::sync::Mutex::new(maps)),
             slot,
@@ -157,6 +168,7 @@ impl Backend for Ebpf {
             written: Written::default(),
             cgroup_dir,
             mode,
+            flags,
             links: Vec::new(),
         };
         // Both only write to the kernel, to different objects: one on each core.
@@ -241,7 +253,7 @@ impl Live {
             dns_ip4: 0,
             dns_port: 0,
             mode: self.mode,
-            _pad: 0,
+            flags: self.flags,
         };
         maps.policies
             .insert(cgroup, policy, 0)
@@ -355,6 +367,15 @@ impl Live {
     }
 }
 
+impl Live {
+    /// Whether sbx's DNS service serves the sandbox: in allowlist mode, and in open mode when
+    /// asked (`Observe::dns`).
+    fn serves_dns(&self) -> bool {
+        self.mode == MODE_ALLOWLIST
+            || (self.mode == MODE_OPEN && self.flags & sbx_common::FLAG_DNS != 0)
+    }
+}
+
 impl Enforced for Live {
     fn placement(&self) -> Placement<'_> {
         Placement {
@@ -367,19 +388,20 @@ impl Enforced for Live {
     /// its resolv.conf can name it and the command never even aims at the host's resolver.
     fn dns_listen_address(&self) -> Option<SocketAddr> {
         let [_, _, hi, lo] = (self.slot + 1).to_be_bytes();
-        (self.mode == MODE_ALLOWLIST).then(|| SocketAddr::from(([127, 83, hi, lo], 53)))
+        self.serves_dns()
+            .then(|| SocketAddr::from(([127, 83, hi, lo], 53)))
     }
 
-    fn denials(&mut self) -> Vec<Denial> {
+    fn events(&mut self) -> Vec<Event> {
         let Some(events) = self.events.take() else {
             return Vec::new();
         };
         events
             .finish()
             .into_iter()
-            .map(|DenyEventRecord(e)| {
+            .map(|EventRecord(e)| {
                 let v6 = std::net::Ipv6Addr::from(e.addr);
-                Denial {
+                Event {
                     pid: Some(e.pid),
                     command: Some(
                         String::from_utf8_lossy(&e.comm)
@@ -401,6 +423,12 @@ impl Enforced for Live {
                         sbx_common::HOOK_EGRESS => "egress",
                         _ => "sock_create",
                     },
+                    verdict: match e.verdict {
+                        sbx_common::VERDICT_ALLOWED => Verdict::Allowed,
+                        _ => Verdict::Denied,
+                    },
+                    audit: e.audit != 0,
+                    time: super::monotonic_to_system(e.time),
                 }
             })
             .collect()
@@ -429,7 +457,7 @@ impl Enforced for Live {
             dns_ip4: u32::from(ip),
             dns_port: at.port(),
             mode: self.mode,
-            _pad: 0,
+            flags: self.flags,
         };
         maps.policies
             .insert(self.cgroup_id, policy, 0)

@@ -1,7 +1,8 @@
-//! Denials of the nftables backend: the table's `refuse` chain logs each refused packet to an
-//! NFLOG group of the sandbox's own, and sbx reads that group over nfnetlink while the command
-//! runs. A packet says where it was going, not which process sent it: these denials have no pid
-//! or command.
+//! Events of the nftables backend: the table's `refuse` chain logs each refused packet (and its
+//! `allowed` chain each new connection, when asked) to an NFLOG group of the sandbox's own, the
+//! log prefix telling which, and sbx reads that group over nfnetlink while the command runs. A
+//! packet says where it was going, not which process sent it: these events have no pid or
+//! command.
 //!
 //! The group is bound by sbx's socket and goes with it: closing the socket (or sbx dying)
 //! leaves nothing behind in the kernel.
@@ -12,7 +13,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::elements::{acknowledgements, attribute, finish_message, start_message};
-use crate::backend::Denial;
+use super::ruleset::{LOG_ALLOWED, LOG_AUDIT};
+use crate::backend::{Event, Verdict};
 use crate::sys::netlink::NetfilterSocket;
 use crate::sys::{Step, SysError};
 
@@ -26,6 +28,8 @@ const NFULNL_CFG_CMD_BIND: u8 = 1;
 const NFULNL_COPY_PACKET: u8 = 2;
 const NFULA_PACKET_HDR: u16 = 1;
 const NFULA_PAYLOAD: u16 = 9;
+const NFULA_PREFIX: u16 = 10;
+const NFULA_TIMESTAMP: u16 = 11;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
@@ -39,16 +43,16 @@ pub fn group(slot: u32) -> u16 {
 }
 
 /// Reads a sandbox's NFLOG group on a thread of its own until `finish` (so that a long run's
-/// denials do not overflow the socket's buffer).
-pub struct DenialLog {
+/// events do not overflow the socket's buffer).
+pub struct EventLog {
     /// Closed by `finish`: the thread wakes, reads what is queued and ends.
     stop: OwnedFd,
-    thread: std::thread::JoinHandle<Vec<Denial>>,
+    thread: std::thread::JoinHandle<Vec<Event>>,
 }
 
-impl DenialLog {
+impl EventLog {
     /// Binds `group` (one message per packet, its first bytes copied) and starts reading.
-    pub fn start(group: u16) -> Result<DenialLog, SysError> {
+    pub fn start(group: u16) -> Result<EventLog, SysError> {
         let socket = NetfilterSocket::open()?;
         let mut config = Vec::new();
         let mut seq = 0;
@@ -76,26 +80,26 @@ impl DenialLog {
         socket
             .send(&config)
             .and_then(|()| acknowledgements(&socket, 2))
-            .step(|| format!("listen to NFLOG group {group} for the sandbox's denials"))?;
+            .step(|| format!("listen to NFLOG group {group} for the sandbox's events"))?;
         let (stopped, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .step(|| "create the denial log's pipe".into())?;
+            .step(|| "create the event log's pipe".into())?;
         let thread = std::thread::Builder::new()
             .name("sbx-nflog".into())
             .spawn(move || read(&socket, &stopped))
-            .step(|| "start the denial log thread".into())?;
-        Ok(DenialLog { stop, thread })
+            .step(|| "start the event log thread".into())?;
+        Ok(EventLog { stop, thread })
     }
 
-    /// Every denial logged, once the command has ended.
-    pub fn finish(self) -> Vec<Denial> {
+    /// Every event logged, once the command has ended.
+    pub fn finish(self) -> Vec<Event> {
         drop(self.stop);
         self.thread.join().unwrap_or_default()
     }
 }
 
 /// Reads until `stopped` reports its other end closed, then what is still queued.
-fn read(socket: &NetfilterSocket, stopped: &OwnedFd) -> Vec<Denial> {
-    let mut denials = Vec::new();
+fn read(socket: &NetfilterSocket, stopped: &OwnedFd) -> Vec<Event> {
+    let mut events = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let mut fds = [
@@ -103,25 +107,34 @@ fn read(socket: &NetfilterSocket, stopped: &OwnedFd) -> Vec<Denial> {
             PollFd::new(stopped.as_fd(), PollFlags::POLLIN),
         ];
         if poll(&mut fds, PollTimeout::NONE).is_err() {
-            return denials;
+            return events;
         }
         let stopping = fds[1].revents().is_some_and(|r| !r.is_empty());
         loop {
             match socket.receive_queued(&mut buf) {
-                Ok(n) => denials.extend(packets(&buf[..n]).filter_map(denial)),
+                Ok(n) => events.extend(packets(&buf[..n]).filter_map(event)),
                 // Overrun: some were lost; the rest is still there.
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
                 Err(_) => break,
             }
         }
         if stopping {
-            return denials;
+            return events;
         }
     }
 }
 
-/// The payload (the packet from its IP header on) of each NFLOG packet message in `datagram`.
-fn packets(datagram: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+/// One NFLOG packet message: the packet's ethertype and bytes (from its IP header on), the log
+/// prefix, and the packet's time stamp when the kernel had one.
+struct Logged<'a> {
+    ethertype: u16,
+    packet: &'a [u8],
+    prefix: &'a [u8],
+    time: Option<std::time::SystemTime>,
+}
+
+/// Each NFLOG packet message in `datagram`.
+fn packets(datagram: &[u8]) -> impl Iterator<Item = Logged<'_>> {
     let mut at = 0;
     std::iter::from_fn(move || {
         while at + 20 <= datagram.len() {
@@ -136,7 +149,7 @@ fn packets(datagram: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
                 continue;
             }
             // After the netlink header (16 bytes) and nfgenmsg (4): attributes.
-            let (mut protocol, mut payload) = (0, None);
+            let (mut protocol, mut payload, mut prefix, mut time) = (0, None, &[][..], None);
             let mut attr = 20;
             while attr + 4 <= message.len() {
                 let alen = u16::from_ne_bytes([message[attr], message[attr + 1]]) as usize;
@@ -150,20 +163,42 @@ fn packets(datagram: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
                         protocol = u16::from_be_bytes([value[0], value[1]]);
                     }
                     NFULA_PAYLOAD => payload = Some(value),
+                    NFULA_PREFIX => prefix = value.split(|&b| b == 0).next().unwrap_or(&[]),
+                    // Seconds and microseconds, each big-endian 64 bits.
+                    NFULA_TIMESTAMP if value.len() >= 16 => {
+                        let sec = u64::from_be_bytes(value[..8].try_into().ok()?);
+                        let usec = u64::from_be_bytes(value[8..16].try_into().ok()?);
+                        time = std::time::UNIX_EPOCH.checked_add(
+                            std::time::Duration::from_secs(sec)
+                                + std::time::Duration::from_micros(usec),
+                        );
+                    }
                     _ => {}
                 }
                 attr += (alen + 3) & !3;
             }
-            if let Some(payload) = payload {
-                return Some((protocol, payload));
+            if let Some(packet) = payload {
+                return Some(Logged {
+                    ethertype: protocol,
+                    packet,
+                    prefix,
+                    time,
+                });
             }
         }
         None
     })
 }
 
-/// Where a logged packet was going: address, and for TCP and UDP the port.
-fn denial((ethertype, packet): (u16, &[u8])) -> Option<Denial> {
+/// Where a logged packet was going (address, and for TCP and UDP the port), and whether it was
+/// refused, allowed, or let through by audit (by its log prefix).
+fn event(logged: Logged<'_>) -> Option<Event> {
+    let Logged {
+        ethertype,
+        packet,
+        prefix,
+        time,
+    } = logged;
     let version = packet.first()? >> 4;
     let (destination, protocol, transport) = match (ethertype, version) {
         (ETH_P_IP, _) | (_, 4) if packet.len() >= 20 => {
@@ -186,7 +221,12 @@ fn denial((ethertype, packet): (u16, &[u8])) -> Option<Denial> {
         (6 | 17, Some(t)) if t.len() >= 4 => Some(u16::from_be_bytes([t[2], t[3]])),
         _ => None,
     };
-    Some(Denial {
+    let (verdict, audit) = match prefix {
+        p if p == LOG_ALLOWED.as_bytes() => (Verdict::Allowed, false),
+        p if p == LOG_AUDIT.as_bytes() => (Verdict::Denied, true),
+        _ => (Verdict::Denied, false),
+    };
+    Some(Event {
         pid: None,
         command: None,
         destination: Some(destination),
@@ -195,6 +235,9 @@ fn denial((ethertype, packet): (u16, &[u8])) -> Option<Denial> {
         hook: "nftables",
         name: None,
         record_type: None,
+        verdict,
+        audit,
+        time: time.unwrap_or_else(std::time::SystemTime::now),
     })
 }
 
@@ -230,15 +273,29 @@ fn past_extension_headers(mut next: u8, mut rest: &[u8]) -> (u8, Option<&[u8]>) 
 mod tests {
     use super::*;
 
+    fn logged<'a>(ethertype: u16, packet: &'a [u8], prefix: &'a [u8]) -> Logged<'a> {
+        Logged {
+            ethertype,
+            packet,
+            prefix,
+            time: None,
+        }
+    }
+
     #[test]
     fn a_logged_tcp_packet_gives_its_destination_and_port() {
         let mut packet = vec![0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0];
         packet.extend([10, 207, 0, 2, 198, 51, 100, 7]);
         packet.extend([0xc3, 0x50, 0x01, 0xbb]);
         packet.resize(40, 0);
-        let d = denial((ETH_P_IP, &packet)).unwrap();
+        let d = event(logged(ETH_P_IP, &packet, b"denied")).unwrap();
         assert_eq!(d.destination, Some("198.51.100.7".parse().unwrap()));
         assert_eq!((d.port, d.protocol), (Some(443), Some(6)));
+        assert_eq!((d.verdict, d.audit), (Verdict::Denied, false));
+        let d = event(logged(ETH_P_IP, &packet, b"allowed")).unwrap();
+        assert_eq!((d.verdict, d.audit), (Verdict::Allowed, false));
+        let d = event(logged(ETH_P_IP, &packet, b"audit")).unwrap();
+        assert_eq!((d.verdict, d.audit), (Verdict::Denied, true));
     }
 
     #[test]
@@ -249,7 +306,7 @@ mod tests {
         packet.extend([0xff, 0x02].iter().chain(&[0; 13]).chain(&[0x16]));
         packet.extend([58, 0, 5, 2, 0, 0, 1, 0]);
         packet.extend([143, 0, 0, 0, 0, 0, 0, 1]);
-        let d = denial((ETH_P_IPV6, &packet)).unwrap();
+        let d = event(logged(ETH_P_IPV6, &packet, b"")).unwrap();
         assert_eq!(d.destination, Some("ff02::16".parse().unwrap()));
         assert_eq!((d.port, d.protocol), (None, Some(58)));
         // A UDP datagram after a destination options header keeps its port.
@@ -257,7 +314,7 @@ mod tests {
         packet[6] = 60;
         packet.extend([17, 0, 1, 4, 0, 0, 0, 0]);
         packet.extend([0xc3, 0x50, 0x14, 0xe9, 0, 8, 0, 0]);
-        let d = denial((ETH_P_IPV6, &packet)).unwrap();
+        let d = event(logged(ETH_P_IPV6, &packet, b"")).unwrap();
         assert_eq!((d.port, d.protocol), (Some(5353), Some(17)));
     }
 }

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use ipnet::IpNet;
 
-use super::{Admit, Backend, Enforced, Placement};
+use super::{Admit, Backend, Enforced, Observe, Placement};
 use crate::plan::Plan;
 use crate::policy::Mode;
 use crate::state::Locked;
@@ -24,8 +24,10 @@ pub struct Nftables;
 struct Live {
     netns: NetNs,
     allowlist: bool,
-    /// The refused packets, read from the table's NFLOG group (`None` in mode `none`).
-    log: Option<log::DenialLog>,
+    /// Whether sbx's DNS service serves the sandbox (`ruleset::serves_dns`).
+    serves_dns: bool,
+    /// The logged packets, read from the table's NFLOG group (`None` in mode `none`).
+    log: Option<log::EventLog>,
     /// `None` in mode `none`: the namespace has no link at all.
     layout: Option<Layout>,
     table: Option<String>,
@@ -96,7 +98,7 @@ impl Backend for Nftables {
             "10.207.0.0/16".parse().unwrap(),
             "fd5b:5b00::/48".parse().unwrap(),
         );
-        let ruleset = Ruleset::build(plan, &layout);
+        let ruleset = Ruleset::build(plan, &Observe::default(), &layout);
         let json = serde_json::to_string_pretty(&ruleset.to_json()).expect("serialisable");
         format!(
             "a new network namespace, linked to the host by a veth pair\n\
@@ -126,6 +128,7 @@ impl Backend for Nftables {
     fn setup(
         &self,
         plan: &Plan,
+        observe: &Observe,
         slot: u32,
         locked: &Locked<'_>,
     ) -> Result<Box<dyn Enforced>, SysError> {
@@ -143,6 +146,7 @@ impl Backend for Nftables {
             return Ok(Box::new(Live {
                 netns,
                 allowlist: false,
+                serves_dns: false,
                 log: None,
                 layout: None,
                 table: None,
@@ -157,7 +161,7 @@ impl Backend for Nftables {
                 return Err(e);
             }
         };
-        let ruleset = Ruleset::build(plan, &layout);
+        let ruleset = Ruleset::build(plan, observe, &layout);
         let json = ruleset.structure();
         // The ruleset names the link, it does not need it to exist: both go in at once.
         let (linked, applied, log) = std::thread::scope(|scope| {
@@ -170,7 +174,7 @@ impl Backend for Nftables {
                 }
                 Ok(())
             });
-            let logging = scope.spawn(|| log::DenialLog::start(log::group(slot)));
+            let logging = scope.spawn(|| log::EventLog::start(log::group(slot)));
             let linked = rt.block_on(net::create(&handle, &layout, &netns));
             (
                 linked,
@@ -190,6 +194,7 @@ impl Backend for Nftables {
         let live = Live {
             netns,
             allowlist: plan.mode == Mode::Allowlist,
+            serves_dns: ruleset::serves_dns(plan, observe),
             log,
             layout: Some(layout),
             table: applied.is_ok().then(|| ruleset.table().to_string()),
@@ -257,10 +262,10 @@ fn table_exists(table: &str) -> Result<bool, SysError> {
 }
 
 impl Enforced for Live {
-    fn denials(&mut self) -> Vec<crate::backend::Denial> {
+    fn events(&mut self) -> Vec<crate::backend::Event> {
         self.log
             .take()
-            .map(log::DenialLog::finish)
+            .map(log::EventLog::finish)
             .unwrap_or_default()
     }
 
@@ -274,7 +279,7 @@ impl Enforced for Live {
     fn dns_listen_address(&self) -> Option<SocketAddr> {
         self.layout
             .as_ref()
-            .filter(|_| self.allowlist)
+            .filter(|_| self.serves_dns)
             .map(|l| SocketAddr::from((l.host_v4, 53)))
     }
 

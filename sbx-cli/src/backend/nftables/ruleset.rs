@@ -5,13 +5,17 @@
 //! forward:  from the sandbox link  → egress
 //!           to the sandbox link    → replies only
 //! input:    from the sandbox link  → replies, IPv6 neighbour discovery, sbx's DNS service
-//!           (allowlist); the kernel's router solicitations and multicast listener reports
-//!           dropped unlogged; else egress
-//! egress:   replies → deny sets (refuse) → allowlist: allow sets (accept), other DNS and the
-//!           rest refused; open: accept
-//! refuse:   logged to the sandbox's NFLOG group; TCP reset, else ICMP administratively
-//!           prohibited: the command fails at once
-//! prerouting (nat, allowlist): every DNS packet the sandbox sends goes to sbx's DNS service
+//!           (allowlist, or open with `Observe::dns`); the kernel's router solicitations and
+//!           multicast listener reports dropped unlogged; else egress
+//! egress:   replies → deny sets (refuse) → other DNS refused where sbx serves DNS →
+//!           allowlist: allow sets (accept), the rest refused; open: accept
+//! refuse:   logged to the sandbox's NFLOG group (prefix `denied`); TCP reset, else ICMP
+//!           administratively prohibited: the command fails at once. In audit
+//!           (`Observe::audit`): logged (prefix `audit`) and accepted
+//! allowed:  with `Observe::allowed`, what egress accepts comes here: a new connection is logged
+//!           (prefix `allowed`), then accepted
+//! prerouting (nat, where sbx serves DNS): every DNS packet the sandbox sends goes to sbx's
+//!           DNS service
 //! postrouting (nat): the sandbox leaves as the host (masquerade)
 //! ```
 //!
@@ -38,10 +42,22 @@ use nftables::stmt::{
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook, RejectCode};
 
 use super::net::Layout;
+use crate::backend::Observe;
 use crate::plan::{Plan, RuleSet};
 use crate::policy::{Mode, Ports, Protocol};
 
 pub const TABLE_PREFIX: &str = "sbx_";
+
+/// The NFLOG prefixes that tell the sandbox's log messages apart (see `log`).
+pub const LOG_DENIED: &str = "denied";
+pub const LOG_AUDIT: &str = "audit";
+pub const LOG_ALLOWED: &str = "allowed";
+
+/// Whether sbx's DNS service serves the sandbox, every DNS packet it sends going there: always
+/// in allowlist mode, and in open mode when asked.
+pub fn serves_dns(plan: &Plan, observe: &Observe) -> bool {
+    plan.mode == Mode::Allowlist || (plan.mode == Mode::Open && observe.dns)
+}
 
 fn dnat_to(addr: &str) -> Statement<'static> {
     Statement::DNAT(Some(NAT {
@@ -142,8 +158,8 @@ pub struct SetElements {
 }
 
 impl Ruleset {
-    pub fn build(plan: &Plan, layout: &Layout) -> Ruleset {
-        Builder::new(table_name(layout.slot)).build(plan, layout)
+    pub fn build(plan: &Plan, observe: &Observe, layout: &Layout) -> Ruleset {
+        Builder::new(table_name(layout.slot)).build(plan, observe, layout)
     }
 
     /// The structure, without set elements.
@@ -388,7 +404,7 @@ impl Builder {
     /// For each group of allowed name rules, a set per family of addresses sbx's DNS service
     /// answered, each expiring on its own (`dns{group}_v4`, `dns{group}_v6`), and a rule that
     /// accepts them with the group's protocol and ports.
-    fn answered_sets(&mut self, plan: &Plan) {
+    fn answered_sets(&mut self, plan: &Plan, accept: &dyn Fn() -> Statement<'static>) {
         for (group, (protocol, ports)) in plan.name_groups().iter().enumerate() {
             for (v6, field) in [(false, "ip"), (true, "ip6")] {
                 let name = answered_set(group, v6);
@@ -416,7 +432,7 @@ impl Builder {
                     Operator::EQ,
                     string(format!("@{name}")),
                 ));
-                statements.push(Statement::Accept(None));
+                statements.push(accept());
                 self.rule("egress", statements);
             }
         }
@@ -456,9 +472,18 @@ impl Builder {
         }
     }
 
-    fn build(mut self, plan: &Plan, layout: &Layout) -> Ruleset {
+    fn build(mut self, plan: &Plan, observe: &Observe, layout: &Layout) -> Ruleset {
         let host_if = layout.host_if.clone();
         let allowlist = plan.mode == Mode::Allowlist;
+        let dns_gate = serves_dns(plan, observe);
+        // What egress accepts: logged first as a new connection, when asked.
+        let accept = || {
+            if observe.allowed {
+                goto("allowed")
+            } else {
+                Statement::Accept(None)
+            }
+        };
         self.objects.push(add(NfListObject::Table(Table {
             family: NfFamily::INet,
             name: self.table.clone().into(),
@@ -466,13 +491,16 @@ impl Builder {
         })));
         self.chain("egress", None);
         self.chain("refuse", None);
+        if observe.allowed {
+            self.chain("allowed", None);
+        }
         self.chain("forward", Some((NfChainType::Filter, NfHook::Forward, 0)));
         self.chain("input", Some((NfChainType::Filter, NfHook::Input, 0)));
         self.chain(
             "postrouting",
             Some((NfChainType::NAT, NfHook::Postrouting, 100)),
         );
-        if allowlist {
+        if dns_gate {
             self.chain(
                 "prerouting",
                 Some((NfChainType::NAT, NfHook::Prerouting, -100)),
@@ -480,24 +508,47 @@ impl Builder {
         }
 
         // Every refused packet is also logged to the sandbox's NFLOG group, where sbx reads its
-        // denials (see `log`).
-        let mut log = Log::new(Some(u32::from(super::log::group(layout.slot))));
-        log.queue_threshold = Some(1);
-        self.rule("refuse", vec![Statement::Log(Some(log))]);
-        self.rule(
-            "refuse",
-            vec![
-                l4proto_in(&["tcp"]),
-                Statement::Reject(Some(Reject::new(Some(RejectType::TCPReset), None))),
-            ],
-        );
-        self.rule(
-            "refuse",
-            vec![Statement::Reject(Some(Reject::new(
-                Some(RejectType::ICMPX),
-                Some(RejectCode::AdminProhibited),
-            )))],
-        );
+        // events (see `log`); so is each new connection egress accepts, when asked.
+        let log = |prefix: &'static str| {
+            let mut log = Log::new(Some(u32::from(super::log::group(layout.slot))));
+            log.queue_threshold = Some(1);
+            log.prefix = Some(prefix.into());
+            Statement::Log(Some(log))
+        };
+        if observe.audit {
+            // Audit: reported and let through; the connection is then established, and its
+            // further packets pass as replies do, unlogged.
+            self.rule("refuse", vec![log(LOG_AUDIT), Statement::Accept(None)]);
+        } else {
+            self.rule("refuse", vec![log(LOG_DENIED)]);
+            self.rule(
+                "refuse",
+                vec![
+                    l4proto_in(&["tcp"]),
+                    Statement::Reject(Some(Reject::new(Some(RejectType::TCPReset), None))),
+                ],
+            );
+            self.rule(
+                "refuse",
+                vec![Statement::Reject(Some(Reject::new(
+                    Some(RejectType::ICMPX),
+                    Some(RejectCode::AdminProhibited),
+                )))],
+            );
+        }
+        if observe.allowed {
+            let new = matches(
+                Expression::Named(NamedExpression::CT(CT {
+                    key: "state".into(),
+                    family: None,
+                    dir: None,
+                })),
+                Operator::IN,
+                anonymous_set(vec![string("new")]),
+            );
+            self.rule("allowed", vec![new, log(LOG_ALLOWED)]);
+            self.rule("allowed", vec![Statement::Accept(None)]);
+        }
 
         self.rule("forward", vec![iifname(&host_if), jump("egress")]);
         self.rule(
@@ -558,7 +609,7 @@ impl Builder {
                 Statement::Drop(None),
             ],
         );
-        if allowlist {
+        if dns_gate {
             self.rule(
                 "input",
                 vec![
@@ -578,9 +629,10 @@ impl Builder {
 
         self.rule("egress", vec![established(), Statement::Accept(None)]);
         self.rule_sets("deny", &plan.deny, &|| goto("refuse"));
-        if allowlist {
+        if dns_gate {
             // DNS goes to sbx's service (prerouting) or nowhere: a resolver the policy allows by
-            // address must not become a way around the name allowlist.
+            // address must not become a way around the name allowlist (nor, observing DNS in
+            // open mode, a way around sbx's seeing every question).
             self.rule(
                 "egress",
                 vec![
@@ -589,11 +641,6 @@ impl Builder {
                     goto("refuse"),
                 ],
             );
-            // Names' addresses come through `answered_sets`, admitted with their TTLs.
-            self.rule_sets("allow", &plan.literal_allow(), &|| Statement::Accept(None));
-            self.answered_sets(plan);
-            self.rule("egress", vec![goto("refuse")]);
-
             self.rule(
                 "prerouting",
                 vec![
@@ -609,6 +656,12 @@ impl Builder {
                     })),
                 ],
             );
+        }
+        if allowlist {
+            // Names' addresses come through `answered_sets`, admitted with their TTLs.
+            self.rule_sets("allow", &plan.literal_allow(), &accept);
+            self.answered_sets(plan, &accept);
+            self.rule("egress", vec![goto("refuse")]);
             // The host's loopback services the policy names: the sandbox sends them to the host
             // end of its link (see `inside`), and here they go on to 127.0.0.1.
             for (protocol, ports) in host_loopback_groups(plan) {
@@ -626,7 +679,7 @@ impl Builder {
                 self.rule("prerouting", statements);
             }
         } else {
-            self.rule("egress", vec![Statement::Accept(None)]);
+            self.rule("egress", vec![accept()]);
         }
 
         self.rule(
