@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::time::SystemTime;
 
 use crate::policy::name::{HostName, is_strictly_below};
-use crate::policy::{Entry, Mode, Policy, PortRange, Ports, Protocol, Target};
+use crate::policy::{Entry, PortRange, Ports, Protocol, Rule, Target};
 use crate::sandbox::dns::Asked;
 
 /// One connection or send the command made that the backend let through.
@@ -25,13 +25,17 @@ pub struct Used {
     /// The process's name (eBPF only).
     pub command: Option<String>,
     pub time: SystemTime,
+    /// A UDP socket connected to the destination (the eBPF backend reports the connect, not
+    /// the datagrams sent on it).
+    pub udp_connect: bool,
 }
 
 /// How to write the policy.
 #[derive(Debug, Default)]
 pub struct Options<'a> {
-    /// The base policy and how the learned file names it in `extends`.
-    pub base: Option<(&'a Policy, String)>,
+    /// The base policy's allow entries (composed), and how the learned file names the base in
+    /// `extends`. The learned file sets `mode: allowlist`, under which they all take effect.
+    pub base: Option<(&'a [Rule], String)>,
     /// Propose `*.parent` where at least this many names directly below `parent` were used.
     pub wildcards: Option<usize>,
 }
@@ -72,6 +76,15 @@ pub fn synthesise(asked: &Asked, used: &[Used], options: &Options<'_>) -> String
     // Stable: connections at the same instant keep the order the backend reported them in.
     used.sort_by_key(|u| u.time);
     let by_address = names_by_address(asked);
+    // glibc and Go connect a UDP socket to each candidate address of a name, on the port asked
+    // for, to choose among them (RFC 6724), and send nothing on it: such a connect beside a TCP
+    // connection to the same address and port is that choice, not a use of UDP.
+    let tcp: BTreeSet<(IpAddr, Option<u16>)> = used
+        .iter()
+        .filter(|u| u.protocol == TCP)
+        .map(|u| (u.destination.to_canonical(), u.port))
+        .collect();
+    used.retain(|u| !(u.udp_connect && tcp.contains(&(u.destination.to_canonical(), u.port))));
     let mut uses = Uses::new();
     let mut connected: BTreeSet<&HostName> = BTreeSet::new();
     let mut unwritable: BTreeMap<String, usize> = BTreeMap::new();
@@ -176,11 +189,10 @@ fn describe_other(u: &Used, target: &Target) -> String {
 }
 
 /// Removes every port the base policy's allow entries already admit (deny entries need no
-/// look: what they deny was refused while learning, so it was never used).
-fn subtract_base(uses: &mut Uses, base: &Policy) {
-    if base.mode.value != Mode::Allowlist {
-        return;
-    }
+/// look: what they deny was refused while learning, so it was never used). Entries are compared
+/// as the policy compares them ([`Entry::covers`]): a name is never covered by an address entry,
+/// since the DNS service would still refuse the name.
+fn subtract_base(uses: &mut Uses, base: &[Rule]) {
     for ((target, protocol), ports) in uses.iter_mut() {
         ports.retain(|port, _| {
             let wanted = Entry {
@@ -191,7 +203,7 @@ fn subtract_base(uses: &mut Uses, base: &Policy) {
                 }]),
                 protocol: *protocol,
             };
-            !base.allow.iter().any(|rule| rule.entry.covers(&wanted))
+            !base.iter().any(|rule| rule.entry.covers(&wanted))
         });
     }
     uses.retain(|_, ports| !ports.is_empty());
@@ -473,7 +485,7 @@ fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Loader;
+    use crate::policy::{Loader, Policy};
     use crate::sandbox::dns::AskedName;
     use std::time::Duration;
 
@@ -504,6 +516,7 @@ mod tests {
             protocol,
             command: command.map(str::to_string),
             time: at(time),
+            udp_connect: false,
         }
     }
 
@@ -623,6 +636,28 @@ network:
     }
 
     #[test]
+    fn address_selection_probes_beside_a_tcp_connection_are_not_udp_uses() {
+        let mut asked = Asked::default();
+        ask(&mut asked, "web.learn.test", &["10.9.0.2"], 1);
+        let probe = |dest: &str, port: u16| Used {
+            udp_connect: true,
+            ..used(dest, port, UDP, None, 2)
+        };
+        let used = [
+            probe("10.9.0.2", 443),
+            used("10.9.0.2", 443, TCP, None, 3),
+            probe("10.9.0.2", 5353),
+        ];
+        assert_eq!(
+            loaded_allow(&synthesise(&asked, &used, &Options::default())),
+            [
+                "\"web.learn.test:443\"",
+                "{host: web.learn.test, ports: [5353], protocol: udp}"
+            ]
+        );
+    }
+
+    #[test]
     fn an_address_is_written_as_the_name_last_answered_with_it_before_the_connection() {
         let mut asked = Asked::default();
         ask(&mut asked, "a.cdn.test", &["10.9.0.2"], 1);
@@ -653,7 +688,7 @@ network:
         );
         let (asked, used) = script();
         let options = Options {
-            base: Some((&base, "base.yaml".into())),
+            base: Some((&base.allow, "base.yaml".into())),
             wildcards: None,
         };
         let text = synthesise(&asked, &used, &options);
@@ -682,7 +717,10 @@ network:
             base("version: 1\nnetwork:\n  mode: open\n  deny: [10.9.9.9, \"2001:db8::9\"]\n");
         let (asked, used) = script();
         let options = Options {
-            base: Some((&base, dir.path().join("base.yaml").display().to_string())),
+            base: Some((
+                &base.allow,
+                dir.path().join("base.yaml").display().to_string(),
+            )),
             wildcards: None,
         };
         assert_eq!(loaded_allow(&synthesise(&asked, &used, &options)).len(), 4);
