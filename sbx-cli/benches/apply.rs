@@ -57,13 +57,16 @@ fn main() {
     );
     let unshare = median_ms(|| run(Command::new("unshare").args(["-n", "true"])));
     let mut rows = vec![("unshare -n true".to_string(), unshare)];
+    let events = dir.path().join("events.jsonl");
     for backend in BACKENDS {
-        let apply = |policy: &Path| {
+        let apply_with = |policy: &Path, options: &[&std::ffi::OsStr]| {
             run(Command::new(sbx)
                 .args(["apply", "--backend", backend])
+                .args(options)
                 .arg(policy)
                 .args(["--", "true"]))
         };
+        let apply = |policy: &Path| apply_with(policy, &[]);
         rows.push((format!("{backend}: mode none"), median_ms(|| apply(&none))));
         // `sbx learn` runs open mode with its DNS service and allowed connections recorded:
         // against `apply` of open mode, what learning itself costs.
@@ -86,6 +89,22 @@ fn main() {
             let policy = write(dir.path(), &name, &allowlist(entries, None));
             let label = format!("{backend}: allowlist, {entries} address entries");
             rows.push((label, median_ms(|| apply(&policy))));
+        }
+        // What observing adds: audit, and recording allowed connections (sbx learn's options).
+        let policy = write(dir.path(), "allow0.yaml", &allowlist(0, None));
+        for (label, options) in [
+            ("--audit", vec!["--audit".as_ref()]),
+            (
+                "--events F --events-allowed",
+                vec![
+                    "--events".as_ref(),
+                    events.as_os_str(),
+                    "--events-allowed".as_ref(),
+                ],
+            ),
+        ] {
+            let label = format!("{backend}: allowlist, 0 entries, {label}");
+            rows.push((label, median_ms(|| apply_with(&policy, &options))));
         }
     }
     println!("sbx apply of `true`, median of {RUNS} runs (2 warm-up runs not counted)");

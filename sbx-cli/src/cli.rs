@@ -347,11 +347,23 @@ enum Command {
         events: Option<PathBuf>,
 
         /// With --events: record allowed connections too (`"verdict": "allowed"`): each TCP
-        /// connect and UDP connect, and each UDP send to a peer not sent to in the last two
-        /// minutes (eBPF, with the process); each new connection leaving the sandbox (nftables).
-        /// Not the command's own loopback traffic, nor DNS to sbx's service.
+        /// connect and UDP connect, and each UDP send to a peer that the socket's port has not
+        /// sent to in the last two minutes (eBPF, with the process); each new connection leaving
+        /// the sandbox (nftables). Not the command's own loopback traffic, nor DNS to sbx's
+        /// service.
         #[arg(long, requires = "events")]
         events_allowed: bool,
+
+        /// Try the policy without enforcing it: nothing the policy would refuse is refused
+        /// (connects and sends on both backends; names outside the policy are answered by sbx's
+        /// DNS service from the upstream), and each would-be denial is reported as a denial is
+        /// (the stderr summary says "would have denied"; --events lines have "audit": true).
+        /// Audit loosens the policy only: sbx's own hardening stays in force (the read-only
+        /// /proc/sys and kernel file systems, hidden state, the system-call filter, dropped
+        /// capabilities, the PID and mount namespaces; on eBPF also the refusal of raw, packet
+        /// and ICMP sockets and of binds onto others' ports, and inbound filtering on both).
+        #[arg(long)]
+        audit: bool,
 
         /// The command and its arguments, after `--`.
         #[arg(last = true, value_name = "CMD")]
@@ -573,6 +585,7 @@ pub fn main() -> ExitCode {
             dry_run,
             events,
             events_allowed,
+            audit,
             command,
         } => apply(
             &policy,
@@ -583,6 +596,7 @@ pub fn main() -> ExitCode {
                 events,
                 observe: crate::backend::Observe {
                     allowed: events_allowed,
+                    audit,
                     ..Default::default()
                 },
                 record_dns: false,

@@ -1,6 +1,7 @@
 //! What `sbx apply --events` records beyond denials: each event's verdict, audit flag and time,
-//! and with `--events-allowed` the connections the policy allowed. The real sbx, a test host in a
-//! namespace of its own, real clients inside. Needs root.
+//! and with `--events-allowed` the connections the policy allowed; and `sbx apply --audit`, which
+//! lets through what the policy would refuse and reports it. The real sbx, a test host in a
+//! namespace of its own, a DNS server the test starts, real clients inside. Needs root.
 
 mod common;
 
@@ -34,7 +35,7 @@ fn setup(network: &str) -> Setup {
     require_root();
     let guard = exclusive();
     let host = TestHost::start(SERVICES);
-    let dns = DnsServer::start(Zone::new());
+    let dns = DnsServer::start(Zone::new().addrs("other.test", &[host.v4.as_str()], 300));
     let dir = Dir::new();
     let policy = dir.write(
         "p.yaml",
@@ -180,9 +181,150 @@ fn in_mode_open_allowed_connections_are_recorded_only_when_asked(backend: &str) 
     );
 }
 
+/// `--audit`: the command reaches what the policy denies (a port, a UDP service, a name outside
+/// the policy, which sbx's DNS service answers from the upstream), nothing is refused, and each
+/// would-be denial is reported as a denial is, with `audit: true`; the summary says it was an
+/// audit. sbx's own hardening is not loosened: /proc/sys stays read-only.
+fn audit_refuses_nothing_and_reports_each_would_be_denial(backend: &str) {
+    let setup = setup("mode: allowlist\n  allow: [\"{v4}:8080\"]");
+    let events = setup.dir.path().join("events.jsonl");
+    let v4 = &setup.host.v4;
+    let script = format!(
+        "python3 {PROBE} tcp:{v4}:8080 tcp:{v4}:9090 udp:{v4}:5353 tcp:other.test:9090; \
+         echo 1 > /proc/sys/net/ipv4/ip_forward || echo proc-sys-read-only"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_sbx"))
+        .args(["apply", "--audit", "--backend", backend, "--events"])
+        .arg(&events)
+        .arg(&setup.policy)
+        .args(["--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        format!("tcp {v4} 8080 ok"),
+        format!("tcp {v4} 9090 ok"),
+        format!("udp {v4} 5353 ok"),
+        "tcp other.test 9090 ok".to_string(),
+        "proc-sys-read-only".to_string(),
+    ] {
+        assert!(stdout.contains(&line), "{line} missing: {out:?}");
+    }
+    assert!(out.status.success(), "{out:?}");
+    let events = read_events(&events);
+    let mut reported: Vec<String> = events
+        .iter()
+        .map(|e| {
+            assert_eq!(e["verdict"], "denied", "{e}");
+            assert_eq!(
+                e["audit"], true,
+                "every denial of an audit is a would-be one: {e}"
+            );
+            match e["hook"].as_str().unwrap() {
+                "dns" => format!("dns {}", e["name"].as_str().unwrap()),
+                _ => format!(
+                    "{} {}:{}",
+                    e["protocol"],
+                    e["destination"].as_str().unwrap(),
+                    e["port"]
+                ),
+            }
+        })
+        .collect();
+    reported.sort();
+    reported.dedup();
+    assert_eq!(
+        reported,
+        [
+            format!("17 {v4}:5353"),
+            format!("6 {v4}:9090"),
+            "dns other.test".to_string(),
+        ],
+        "{events:?}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("sbx: audit: would have denied")
+            && stderr.contains("(an audit: nothing was refused)")
+            && !stderr.contains("sbx: denied"),
+        "{stderr}"
+    );
+}
+
+/// In audit `mode: none` refuses nothing either, on both backends (nftables then gives the
+/// sandbox its link), and reports the would-be denial.
+fn audit_of_mode_none_reaches_and_reports(backend: &str) {
+    let setup = setup("mode: none");
+    let events = setup.dir.path().join("events.jsonl");
+    let v4 = &setup.host.v4;
+    let out = Command::new(env!("CARGO_BIN_EXE_sbx"))
+        .args(["apply", "--audit", "--backend", backend, "--events"])
+        .arg(&events)
+        .arg(&setup.policy)
+        .args(["--", "python3", PROBE, &format!("tcp:{v4}:8080")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("tcp {v4} 8080 ok")), "{out:?}");
+    let events = read_events(&events);
+    assert_eq!(
+        summed(&events),
+        [("denied".into(), v4.clone(), 8080, 6)],
+        "{events:?}"
+    );
+    assert!(events.iter().all(|e| e["audit"] == true), "{events:?}");
+}
+
+/// Datagrams an unconnected UDP socket sends to one peer are one allowed event, not one per
+/// datagram (eBPF: the send that adds the peer to those whose replies are admitted; nftables: the
+/// new conntrack flow); a second peer is a second event.
+fn a_stream_of_datagrams_to_one_peer_is_one_event(backend: &str) {
+    let setup = setup("mode: open");
+    let events = setup.dir.path().join("events.jsonl");
+    let v4 = &setup.host.v4;
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n\
+         for port in (5353, 5353, 5353, 5353, 5353, 9999):\n    s.sendto(b'x', ('{v4}', port))\n\
+         print('echo', s.recvfrom(100)[0][:9].decode())"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_sbx"))
+        .args([
+            "apply",
+            "--backend",
+            backend,
+            "--events-allowed",
+            "--events",
+        ])
+        .arg(&events)
+        .arg(&setup.policy)
+        .args(["--", "python3", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("echo port 5353"),
+        "{out:?}"
+    );
+    let events = read_events(&events);
+    assert_eq!(
+        summed(&events),
+        [
+            ("allowed".into(), v4.clone(), 5353, 17),
+            ("allowed".into(), v4.clone(), 9999, 17),
+        ],
+        "{events:?}"
+    );
+    if backend == "ebpf" {
+        assert!(events.iter().all(|e| e["hook"] == "sendmsg4"), "{events:?}");
+    }
+}
+
 crate::on_both_backends!(
     allowed_connections_are_recorded,
+    a_stream_of_datagrams_to_one_peer_is_one_event,
     in_mode_open_allowed_connections_are_recorded_only_when_asked,
+    audit_refuses_nothing_and_reports_each_would_be_denial,
+    audit_of_mode_none_reaches_and_reports,
 );
 
 /// `--events-allowed` says where the events would go only with `--events`: refused without it,

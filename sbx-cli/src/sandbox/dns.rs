@@ -38,6 +38,9 @@ pub struct Names {
     rules: Vec<NameRule>,
     /// Mode open (the service runs there with `Observe::dns`): every name not denied is answered.
     open: bool,
+    /// Audit (`Observe::audit`): a name the policy does not allow is answered too, and reported
+    /// as a would-be refusal.
+    audit: bool,
     groups: Vec<(Protocol, Ports)>,
     /// How long past its TTL an answer stays reachable (`dns.grace`): clients commonly use an
     /// answer a little past its TTL.
@@ -110,6 +113,7 @@ impl Names {
         Names {
             rules: plan.names.clone(),
             open: plan.mode == crate::policy::Mode::Open,
+            audit: false,
             groups: plan.name_groups(),
             grace: plan.dns_grace,
             admitter,
@@ -193,8 +197,15 @@ impl Names {
 }
 
 impl Names {
-    /// Records a refused question, reported like a denied connection.
-    fn refuse(&self, name: String, record_type: RecordType) {
+    /// In audit: names the policy does not allow are answered, and reported as would-be
+    /// refusals. What no policy can name (see `judge`) is refused all the same.
+    pub fn auditing(self, audit: bool) -> Names {
+        Names { audit, ..self }
+    }
+
+    /// Records a refused question (`audit`: one answered all the same), reported like a denied
+    /// connection.
+    fn refuse(&self, name: String, record_type: RecordType, audit: bool) {
         self.refused.lock().expect("not poisoned").push(Event {
             pid: None,
             command: None,
@@ -205,7 +216,7 @@ impl Names {
             name: Some(name),
             record_type: Some(record_type.to_string()),
             verdict: EventVerdict::Denied,
-            audit: false,
+            audit,
             time: std::time::SystemTime::now(),
         });
     }
@@ -421,7 +432,10 @@ fn judge(question: &Query, names: &Names) -> Judged {
         return refused();
     };
     if !names.allows(&name) {
-        return refused();
+        if !names.audit {
+            return refused();
+        }
+        names.refuse(escaped(labels()), record_type, true);
     }
     match record_type {
         RecordType::A
@@ -485,7 +499,7 @@ async fn answer(
         several => {
             reply.metadata.response_code = ResponseCode::FormErr;
             for q in several {
-                names.refuse(escaped(q.name().iter()), q.query_type());
+                names.refuse(escaped(q.name().iter()), q.query_type(), false);
             }
             return finish(reply, limit);
         }
@@ -493,7 +507,7 @@ async fn answer(
     match judge(question, names) {
         Judged::Refused(name, record_type) => {
             reply.metadata.response_code = ResponseCode::Refused;
-            names.refuse(name, record_type);
+            names.refuse(name, record_type, false);
         }
         // Other record types of an allowed name: an empty answer (NODATA).
         Judged::NoData => {
@@ -574,6 +588,7 @@ mod tests {
                 })
                 .collect(),
             open: false,
+            audit: false,
             groups: Vec::new(),
             grace: Duration::ZERO,
             admitter: None,
@@ -637,6 +652,23 @@ mod tests {
         let mut txt = question(&[b"a", b"allowed", b"test"], DNSClass::IN);
         txt.set_query_type(RecordType::TXT);
         assert_eq!(judge(&txt, &names), Judged::NoData);
+    }
+
+    #[test]
+    fn in_audit_a_name_outside_the_policy_is_asked_and_reported() {
+        let names = names(&[(Verdict::Allow, "allowed.test")]).auditing(true);
+        let ask = |text: &str| Judged::Ask(HostName::parse(text).unwrap(), RecordType::A);
+        assert_eq!(judged(&names, &[b"other", b"test"]), ask("other.test"));
+        assert_eq!(judged(&names, &[b"allowed", b"test"]), ask("allowed.test"));
+        // Not a host name: no policy names it, and it is refused as ever.
+        assert!(matches!(
+            judged(&names, &[b"a_b", b"test"]),
+            Judged::Refused(..)
+        ));
+        let reported = names.refused.lock().unwrap();
+        assert_eq!(reported.len(), 1);
+        assert_eq!(reported[0].name.as_deref(), Some("other.test"));
+        assert!(reported[0].audit);
     }
 
     #[test]

@@ -111,6 +111,12 @@ pub fn run(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<Ru
     }
     if options.dry_run {
         print!("backend: {}\n{}", backend.name(), backend.describe(plan));
+        if options.observe.audit {
+            println!(
+                "audit: what the policy refuses is let through and reported instead (sbx's own \
+                 hardening stays)"
+            );
+        }
         if !options.command.is_empty() {
             println!("command: {}", shell_words(&options.command));
         }
@@ -177,6 +183,7 @@ pub fn run(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<Ru
         slot.index,
         enforced.as_mut(),
         plan,
+        &options.observe,
         resolver,
         &run_as,
         &cwd,
@@ -216,6 +223,7 @@ fn run_in(
     slot: u32,
     enforced: &mut dyn Enforced,
     plan: &Plan,
+    observe: &Observe,
     resolver: Arc<Resolver>,
     run_as: &RunAs,
     cwd: &Path,
@@ -226,7 +234,7 @@ fn run_in(
     let dns = match enforced.dns_listen_address() {
         Some(at) => {
             let names = || -> Result<dns::Names, SysError> {
-                let mut names = dns::Names::new(plan, enforced.admitter());
+                let mut names = dns::Names::new(plan, enforced.admitter()).auditing(observe.audit);
                 if record_dns {
                     names = names.recording();
                 }
@@ -353,14 +361,21 @@ fn report_events(observed: &[Event], events: Option<&mut file::UserFile>) -> Res
             .write_all(text.as_bytes())
             .map_err(|e| SysError::new(format!("write {}", out.path.display()), e))
     });
-    let denials: Vec<&Event> = observed.iter().filter(|e| e.denied()).collect();
+    let (audited, denials): (Vec<&Event>, Vec<&Event>) = observed
+        .iter()
+        .filter(|e| e.denied())
+        .partition(|e| e.audit);
     if !denials.is_empty() {
         eprintln!("{}", summary(&denials, has_events));
+    }
+    if !audited.is_empty() {
+        eprintln!("{}", summary(&audited, has_events));
     }
     written
 }
 
-/// The one line that sums up a run's denials on stderr.
+/// The one line that sums up a run's denials on stderr (all real, or all would-be denials of an
+/// audit, which says so).
 fn summary(denials: &[&Event], has_events: bool) -> String {
     let mut by_destination: std::collections::BTreeMap<(String, &str), (usize, Vec<&str>)> =
         std::collections::BTreeMap::new();
@@ -413,8 +428,15 @@ fn summary(denials: &[&Event], has_events: bool) -> String {
     } else {
         ""
     };
+    let (what, audit) = match denials.first().is_some_and(|d| d.audit) {
+        true => (
+            "audit: would have denied",
+            " (an audit: nothing was refused)",
+        ),
+        false => ("denied", ""),
+    };
     format!(
-        "sbx: denied {} time{}: {}{hint}",
+        "sbx: {what} {} time{}: {}{audit}{hint}",
         denials.len(),
         if denials.len() == 1 { "" } else { "s" },
         parts.join(", ")
@@ -676,6 +698,15 @@ mod tests {
         assert_eq!(
             summary(&denials.iter().collect::<Vec<_>>(), true),
             "sbx: denied 3 times: 192.0.2.7:443/tcp, ff02::2/icmp 2\u{d7}"
+        );
+        let audited = Event {
+            audit: true,
+            ..denial("192.0.2.7", Some(443), 6)
+        };
+        assert_eq!(
+            summary(&[&audited], false),
+            "sbx: audit: would have denied 1 time: 192.0.2.7:443/tcp (an audit: nothing was \
+             refused) (every one: --events FILE)"
         );
     }
 }

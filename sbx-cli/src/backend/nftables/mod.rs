@@ -133,7 +133,9 @@ impl Backend for Nftables {
         locked: &Locked<'_>,
     ) -> Result<Box<dyn Enforced>, SysError> {
         let netns = NetNs::new()?;
-        if plan.mode == Mode::None {
+        // In audit, mode none gets a link too: what it would refuse (everything) is let through
+        // and reported, as the eBPF backend does.
+        if plan.mode == Mode::None && !observe.audit {
             // Loopback only: bring `lo` up inside, nothing on the host side.
             netns.run(|| -> Result<(), SysError> {
                 runtime()?.block_on(async {

@@ -8,7 +8,8 @@
 //!           (allowlist, or open with `Observe::dns`); the kernel's router solicitations and
 //!           multicast listener reports dropped unlogged; else egress
 //! egress:   replies → deny sets (refuse) → other DNS refused where sbx serves DNS →
-//!           allowlist: allow sets (accept), the rest refused; open: accept
+//!           allowlist: allow sets (accept), the rest refused; open: accept; none (only built
+//!           in audit): refused
 //! refuse:   logged to the sandbox's NFLOG group (prefix `denied`); TCP reset, else ICMP
 //!           administratively prohibited: the command fails at once. In audit
 //!           (`Observe::audit`): logged (prefix `audit`) and accepted
@@ -678,8 +679,11 @@ impl Builder {
                 statements.push(dnat_to("127.0.0.1"));
                 self.rule("prerouting", statements);
             }
-        } else {
+        } else if plan.mode == Mode::Open {
             self.rule("egress", vec![accept()]);
+        } else {
+            // Mode none has a link only in audit (see `Nftables::setup`): everything is refused.
+            self.rule("egress", vec![goto("refuse")]);
         }
 
         self.rule(
