@@ -409,7 +409,9 @@ enum Command {
             connections, the processes that made them (eBPF backend only), and its first use (1: \
             the destination reached first). Names asked and never connected to are listed as \
             comments only. The file is sorted: learning the same run twice gives the same \
-            bytes. Review it before use: everything in it is what the command asked for.\n\n\
+            bytes. Review it before use: everything in it is what the command asked for. \
+            Without -o the policy goes to stdout after the command has ended, behind whatever \
+            the command itself printed there.\n\n\
             With --base, the base's deny list and dns settings apply while learning, and the \
             learned file extends the base (its path relative to FILE's directory, or to the \
             working directory for stdout) and repeats nothing the base allows. The command runs \

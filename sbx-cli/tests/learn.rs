@@ -305,3 +305,28 @@ crate::on_both_backends!(
     the_commands_exit_status_passes_through,
     a_hostile_name_or_process_name_cannot_inject_yaml,
 );
+
+/// A base with errors: they are shown, nothing runs, and no file is created.
+#[test]
+fn a_base_with_errors_runs_nothing_and_writes_nothing() {
+    let dir = Dir::new();
+    dir.write(
+        "base.yaml",
+        "version: 1\nnetwork:\n  mode: allowlist\n  alow: []\n",
+    );
+    let out = learn(
+        "nftables",
+        &["--base", "base.yaml", "-o", "learned.yaml"],
+        "touch ran",
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown-key"), "{stderr}");
+    assert!(
+        stderr.contains("the base policy base.yaml has errors: nothing was run"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("ran").exists());
+    assert!(!dir.path().join("learned.yaml").exists());
+}
