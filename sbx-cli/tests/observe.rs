@@ -319,8 +319,39 @@ fn a_stream_of_datagrams_to_one_peer_is_one_event(backend: &str) {
     }
 }
 
+/// An allowed IPv6 connection is recorded with its IPv6 destination.
+fn an_allowed_ipv6_connection_names_its_ipv6_destination(backend: &str) {
+    let setup = setup("mode: open");
+    let events = setup.dir.path().join("events.jsonl");
+    let v6 = &setup.host.v6;
+    let out = Command::new(env!("CARGO_BIN_EXE_sbx"))
+        .args([
+            "apply",
+            "--backend",
+            backend,
+            "--events-allowed",
+            "--events",
+        ])
+        .arg(&events)
+        .arg(&setup.policy)
+        .args(["--", "python3", PROBE, &format!("tcp:[{v6}]:8080")])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("tcp {v6} 8080 ok")),
+        "{out:?}"
+    );
+    let events = read_events(&events);
+    assert_eq!(
+        summed(&events),
+        [("allowed".into(), v6.clone(), 8080, 6)],
+        "{events:?}"
+    );
+}
+
 crate::on_both_backends!(
     allowed_connections_are_recorded,
+    an_allowed_ipv6_connection_names_its_ipv6_destination,
     a_stream_of_datagrams_to_one_peer_is_one_event,
     in_mode_open_allowed_connections_are_recorded_only_when_asked,
     audit_refuses_nothing_and_reports_each_would_be_denial,

@@ -13,8 +13,9 @@
 //! refuse:   logged to the sandbox's NFLOG group (prefix `denied`); TCP reset, else ICMP
 //!           administratively prohibited: the command fails at once. In audit
 //!           (`Observe::audit`): logged (prefix `audit`) and accepted
-//! allowed:  with `Observe::allowed`, what egress accepts comes here: a new connection is logged
-//!           (prefix `allowed`), then accepted
+//! allowed:  with `Observe::allowed`, what egress accepts comes here: the packet that opens a
+//!           connection (its conntrack entry not yet confirmed) is logged (prefix `allowed`),
+//!           then accepted
 //! prerouting (nat, where sbx serves DNS): every DNS packet the sandbox sends goes to sbx's
 //!           DNS service
 //! postrouting (nat): the sandbox leaves as the host (masquerade)
@@ -31,7 +32,8 @@ use std::collections::HashSet;
 
 use ipnet::IpNet;
 use nftables::expr::{
-    CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range, SetItem,
+    BinaryOperation, CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix,
+    Range, SetItem,
 };
 use nftables::schema::{
     Chain, Element, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetFlag, SetType,
@@ -538,16 +540,22 @@ impl Builder {
             );
         }
         if observe.allowed {
-            let new = matches(
-                Expression::Named(NamedExpression::CT(CT {
-                    key: "state".into(),
-                    family: None,
-                    dir: None,
-                })),
-                Operator::IN,
-                anonymous_set(vec![string("new")]),
+            // The packet that creates the connection's conntrack entry (not yet confirmed):
+            // `ct state new` alone would match every packet until the first reply, one event
+            // per datagram of a UDP burst.
+            let first = matches(
+                Expression::BinaryOperation(Box::new(BinaryOperation::AND(
+                    Expression::Named(NamedExpression::CT(CT {
+                        key: "status".into(),
+                        family: None,
+                        dir: None,
+                    })),
+                    string("confirmed"),
+                ))),
+                Operator::EQ,
+                Expression::Number(0),
             );
-            self.rule("allowed", vec![new, log(LOG_ALLOWED)]);
+            self.rule("allowed", vec![first, log(LOG_ALLOWED)]);
             self.rule("allowed", vec![Statement::Accept(None)]);
         }
 
