@@ -146,7 +146,7 @@ pub fn synthesise(asked: &Asked, used: &[Used], options: &Options<'_>) -> String
             (name, types.join(", "))
         })
         .collect();
-    render(&entries, &unused, &unwritable, asked.dropped, options)
+    render(&entries, asked, &unused, &unwritable, options)
 }
 
 /// Each answered address, with the names whose answers held it and when each first did.
@@ -393,11 +393,12 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 
 fn render(
     entries: &[Learned],
+    asked: &Asked,
     unused: &[(&HostName, String)],
     unwritable: &BTreeMap<String, usize>,
-    dropped: usize,
     options: &Options<'_>,
 ) -> String {
+    let dropped = asked.dropped;
     let mut out = String::new();
     out.push_str(
         "# Written by `sbx learn`: what one run of the command reached, as an allowlist.\n\
@@ -424,6 +425,18 @@ fn render(
         if !e.stats.processes.is_empty() {
             let processes: Vec<&str> = e.stats.processes.iter().map(String::as_str).collect();
             let _ = write!(comment, ", by {}", processes.join(", "));
+        }
+        // The CNAME chain, so that a reviewer sees which provider the name leads to.
+        let cnames = match &e.target {
+            Target::Host(name) => HostName::parse(name)
+                .ok()
+                .and_then(|name| asked.names.get(&name))
+                .map(|a| a.cnames.iter().map(HostName::as_str).collect::<Vec<_>>())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        if !cnames.is_empty() {
+            let _ = write!(comment, ", via {}", cnames.join(", "));
         }
         out.push_str(&comment);
         out.push('\n');
@@ -468,8 +481,8 @@ fn render(
     if dropped > 0 {
         let _ = writeln!(
             out,
-            "  # {} more asked of DNS, not recorded (more than {} names)",
-            plural(dropped, "name", "names"),
+            "  # {dropped} more {} asked of DNS, not recorded (more than {} names)",
+            if dropped == 1 { "name" } else { "names" },
             crate::sandbox::dns::RECORDED_NAMES
         );
     }
@@ -820,6 +833,46 @@ network:
         assert!(text.contains("host: \"1.e5\"\n"), "{text}");
         assert!(text.contains("host: true.test\n"), "{text}");
         assert_eq!(loaded_allow(&text).len(), 5);
+    }
+
+    #[test]
+    fn cname_targets_are_named_in_the_comment_and_the_name_asked_is_written() {
+        let mut asked = Asked::default();
+        asked.record(
+            &name("www.learn.test"),
+            hickory_resolver::proto::rr::RecordType::A,
+            &["10.9.0.2".parse().unwrap()],
+            [name("edge.cdn.test")],
+            at(1),
+        );
+        let text = synthesise(
+            &asked,
+            &[used("10.9.0.2", 443, TCP, None, 2)],
+            &Options::default(),
+        );
+        assert!(
+            text.contains(
+                "    # 1 connection, first use 1, via edge.cdn.test\n    - www.learn.test:443\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn names_past_the_recording_limit_are_counted_not_recorded() {
+        let mut asked = Asked::default();
+        for i in 0..crate::sandbox::dns::RECORDED_NAMES + 3 {
+            ask(&mut asked, &format!("n{i}.learn.test"), &[], 0);
+        }
+        ask(&mut asked, "n0.learn.test", &["10.9.0.2"], 1);
+        assert_eq!(asked.names.len(), crate::sandbox::dns::RECORDED_NAMES);
+        assert_eq!(asked.dropped, 3);
+        let text = synthesise(&asked, &[], &Options::default());
+        assert!(
+            text.contains("  # 3 more names asked of DNS, not recorded (more than 10000 names)\n"),
+            "{}",
+            &text[text.len() - 300..]
+        );
     }
 
     #[test]

@@ -75,8 +75,6 @@ pub struct AskedName {
     pub addresses: BTreeMap<IpAddr, SystemTime>,
     /// The CNAME targets of its answers that are host names.
     pub cnames: BTreeSet<HostName>,
-    /// When it was first asked.
-    pub first: SystemTime,
 }
 
 impl Asked {
@@ -98,7 +96,6 @@ impl Asked {
             types: BTreeSet::new(),
             addresses: BTreeMap::new(),
             cnames: BTreeSet::new(),
-            first: now,
         });
         entry.types.insert(record_type.to_string());
         for addr in addresses {
