@@ -267,7 +267,11 @@ fn a_hostile_name_or_process_name_cannot_inject_yaml(backend: &str) {
     let _guard = exclusive();
     let s = setup();
     base(&s, "");
-    let script = format!("python3 -c \"{RAW_QUERY}\" && python3 -c \"{HOSTILE_PROCESS}\"");
+    // And what it writes into the output file itself, which is the user's, is not kept.
+    let script = format!(
+        "python3 -c \"{RAW_QUERY}\" && python3 -c \"{HOSTILE_PROCESS}\" && for i in $(seq 200); \
+         do echo '    - 10.215.0.8:1' >> learned.yaml; done"
+    );
     let out = learn(
         backend,
         &["--base", "base.yaml", "-o", "learned.yaml"],

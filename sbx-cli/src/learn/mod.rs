@@ -102,8 +102,11 @@ pub fn learn(options: Options, stderr: &mut dyn WriteColor) -> io::Result<ExitCo
                     out.path.display()
                 ))
             } else {
+                // The command may have written into the file itself (it is the user's): emptied
+                // again, so that nothing of the command's follows the policy.
                 out.file
-                    .write_all(text.as_bytes())
+                    .set_len(0)
+                    .and_then(|()| out.file.write_all(text.as_bytes()))
                     .map_err(|e| format!("write {}: {e}", out.path.display()))
             }
         }
