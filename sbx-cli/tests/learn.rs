@@ -1,7 +1,7 @@
 //! `sbx learn` end to end, on both backends: a script reaches two names on different TCP ports,
 //! one name over UDP, one address by itself and a loopback server of its own; the learned policy
 //! allows exactly those, checks clean, runs the same script under `sbx apply`, and denies what
-//! the script did not use. Real DNS server and test host started by the tests, real sbx. Needs
+//! the script did not use; `--wildcards` proposals work under `sbx apply`. Real DNS server and test host started by the tests, real sbx. Needs
 //! root.
 
 mod common;
@@ -303,11 +303,75 @@ fn a_hostile_name_or_process_name_cannot_inject_yaml(backend: &str) {
     drop(s.host);
 }
 
+/// `--wildcards 3`: three names below one parent become `*.parent`, which then admits a fourth
+/// name below it (through sbx's DNS service) and still not the parent itself.
+fn wildcards_are_proposed_and_work_under_apply(backend: &str) {
+    require_root();
+    let _guard = exclusive();
+    let host = TestHost::start_with(&["tcp:8080"], Some(BLOCK));
+    let zone = Zone::new()
+        .addrs("a.pkg.learn.test", &["10.215.0.11"], 300)
+        .addrs("b.pkg.learn.test", &["10.215.0.12"], 300)
+        .addrs("c.pkg.learn.test", &["10.215.0.13"], 300)
+        .addrs("d.pkg.learn.test", &["10.215.0.14"], 300)
+        .addrs("pkg.learn.test", &["10.215.0.15"], 300);
+    let dns = DnsServer::start(zone);
+    let dir = Dir::new();
+    dir.write(
+        "base.yaml",
+        &format!("version: 1\ndns:\n  servers: [\"{}\"]\n", dns.addr()),
+    );
+    let used: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| format!("tcp:{n}.pkg.learn.test:8080"))
+        .collect();
+    let out = learn(
+        backend,
+        &[
+            "--base",
+            "base.yaml",
+            "-o",
+            "learned.yaml",
+            "--wildcards",
+            "3",
+        ],
+        &format!("python3 {PROBE} {}", used.join(" ")),
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let learned = dir.path().join("learned.yaml");
+    let written = std::fs::read_to_string(&learned).unwrap();
+    assert_eq!(
+        own_entries(&learned),
+        ["\"*.pkg.learn.test:8080\""],
+        "{written}"
+    );
+    assert!(
+        written.contains(
+            "# proposed for 3 names: a.pkg.learn.test, b.pkg.learn.test, c.pkg.learn.test\n"
+        ),
+        "{written}"
+    );
+    checks_clean(&learned);
+    let probes = [
+        "tcp:d.pkg.learn.test:8080".to_string(),
+        "tcp:pkg.learn.test:8080".to_string(),
+    ];
+    let outcomes = outcomes(&apply_probes(backend, &learned, &probes));
+    assert_eq!(outcomes.get(&probes[0]).map(String::as_str), Some("ok"));
+    assert_eq!(
+        outcomes.get(&probes[1]).map(String::as_str),
+        Some("no-name")
+    );
+    drop(host);
+}
+
 crate::on_both_backends!(
     learns_exactly_what_the_script_used,
     with_a_base_it_extends_it_and_repeats_nothing_it_allows,
     the_commands_exit_status_passes_through,
     a_hostile_name_or_process_name_cannot_inject_yaml,
+    wildcards_are_proposed_and_work_under_apply,
 );
 
 /// A base with errors: they are shown, nothing runs, and no file is created.
