@@ -1,8 +1,8 @@
 //! `sbx learn` end to end, on both backends: a script reaches two names on different TCP ports,
 //! one name over UDP, one address by itself and a loopback server of its own; the learned policy
 //! allows exactly those, checks clean, runs the same script under `sbx apply`, and denies what
-//! the script did not use; `--wildcards` proposals work under `sbx apply`. Real DNS server and test host started by the tests, real sbx. Needs
-//! root.
+//! the script did not use; `--wildcards` proposals work under `sbx apply`. Real DNS server and
+//! test host started by the tests, real sbx. Needs root.
 
 mod common;
 
