@@ -1,5 +1,5 @@
 //! `sbx apply`, both backends: start-up and teardown cost of `true` by mode and number of
-//! address entries, next to `unshare -n true`; how fast a denied TCP connect fails; the cost of
+//! address entries, next to `unshare -n true` and `sbx learn -- true`; how fast a denied TCP connect fails; the cost of
 //! one connect() under a 10,000-entry policy; TCP throughput to a test host. Needs root.
 //! Run: `cargo bench --bench apply` (or `cargo xtask bench`).
 
@@ -45,6 +45,16 @@ fn main() {
         "none.yaml",
         "version: 1\nnetwork: {mode: none}\n",
     );
+    let open = write(
+        dir.path(),
+        "open.yaml",
+        "version: 1\nnetwork: {mode: open}\ndns:\n  servers: [\"127.0.0.1:53\"]\n",
+    );
+    let dns_only = write(
+        dir.path(),
+        "dns-only.yaml",
+        "version: 1\ndns:\n  servers: [\"127.0.0.1:53\"]\n",
+    );
     let unshare = median_ms(|| run(Command::new("unshare").args(["-n", "true"])));
     let mut rows = vec![("unshare -n true".to_string(), unshare)];
     let events = dir.path().join("events.jsonl");
@@ -58,6 +68,22 @@ fn main() {
         };
         let apply = |policy: &Path| apply_with(policy, &[]);
         rows.push((format!("{backend}: mode none"), median_ms(|| apply(&none))));
+        // `sbx learn` runs open mode with its DNS service and allowed connections recorded:
+        // against `apply` of open mode, what learning itself costs.
+        rows.push((format!("{backend}: mode open"), median_ms(|| apply(&open))));
+        let learned = dir.path().join("learned.yaml");
+        let learn = || {
+            run(Command::new(sbx)
+                .args(["learn", "--backend", backend, "--base"])
+                .arg(&dns_only)
+                .arg("-o")
+                .arg(&learned)
+                .args(["--", "true"]))
+        };
+        rows.push((
+            format!("{backend}: learn (open, DNS served)"),
+            median_ms(learn),
+        ));
         for entries in [0, 1_000, 10_000] {
             let name = format!("allow{entries}.yaml");
             let policy = write(dir.path(), &name, &allowlist(entries, None));

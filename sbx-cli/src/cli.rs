@@ -406,6 +406,59 @@ enum Command {
     )]
     Doctor,
 
+    /// Run a command with the network open, and write the policy that allows what it used.
+    #[command(
+        long_about = "Run a command with the network open, watch every DNS question it asks \
+            and every connection it makes, and write a policy (version 1, mode: allowlist) that \
+            allows exactly what it used: a destination it reached through a name it resolved is \
+            written as that name (`name:port`; the long form for UDP or several ports), an \
+            address only where no name led to it; its own loopback, and DNS (which sbx's DNS \
+            service answers under any allowlist), are left out. Each entry has a comment: its \
+            connections, the processes that made them (eBPF backend only), and its first use (1: \
+            the destination reached first). Names asked and never connected to are listed as \
+            comments only. The file is sorted: learning the same run twice gives the same \
+            bytes. Review it before use: everything in it is what the command asked for. \
+            Without -o the policy goes to stdout after the command has ended, behind whatever \
+            the command itself printed there.\n\n\
+            With --base, the base's deny list and dns settings apply while learning, and the \
+            learned file extends the base (its path relative to FILE's directory, or to the \
+            working directory for stdout) and repeats nothing the base allows. The command runs \
+            as under `sbx apply` (see `sbx apply --help`), with the backend's enforcement of the \
+            open mode; FILE is opened before the command starts, as `apply --events` opens its \
+            file (under sudo with the sudo user's rights, never through a symbolic link).\n\n\
+            Exit status: the command's; 1 when the base has errors or sbx refuses to run the \
+            command; 125 when sbx cannot set up the sandbox or write FILE; 126 and 127 as for \
+            `sbx apply`.",
+        after_help = "Examples:\n  sudo sbx learn -o build.yaml -- make\n  \
+            sudo sbx learn --base policies/base/no-cloud-metadata.yaml -o policies/ci.yaml -- ./ci.sh\n  \
+            sudo sbx learn --wildcards 3 -o npm.yaml -- npm ci\n\n\
+            Then: sbx check build.yaml, sudo sbx apply --audit build.yaml -- make, and sudo sbx \
+            apply build.yaml -- make."
+    )]
+    Learn {
+        /// Enforcement backend (the process of each connection is known on eBPF only).
+        #[arg(long, value_enum, default_value = "auto")]
+        backend: crate::backend::Choice,
+
+        /// A policy whose deny list and dns settings apply while learning, and which the
+        /// learned policy extends (a base without `mode` is fine).
+        #[arg(long, value_name = "POLICY")]
+        base: Option<PathBuf>,
+
+        /// Write the policy to FILE instead of stdout.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+
+        /// Propose `*.parent` where N or more names directly below `parent` were used (never
+        /// directly under a public suffix; `parent` itself keeps its own entry).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        wildcards: Option<u32>,
+
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<std::ffi::OsString>,
+    },
+
     #[command(name = "__init", hide = true)]
     Init {
         #[arg(long)]
@@ -538,6 +591,8 @@ pub fn main() -> ExitCode {
                     audit,
                     ..Default::default()
                 },
+                record_dns: false,
+                output: None,
                 command,
             },
             &mut stderr,
@@ -564,6 +619,22 @@ pub fn main() -> ExitCode {
             }
         }),
         Command::Gc { all } => gc(all, &mut stderr),
+        Command::Learn {
+            backend,
+            base,
+            output,
+            wildcards,
+            command,
+        } => crate::learn::learn(
+            crate::learn::Options {
+                backend,
+                base,
+                output,
+                wildcards: wildcards.map(|n| n as usize),
+                command,
+            },
+            &mut stderr,
+        ),
         Command::Doctor => {
             let (text, ok) = crate::doctor::report();
             print!("{text}");

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod diag;
 pub mod doctor;
 pub mod export;
+pub mod learn;
 pub mod plan;
 pub mod policy;
 pub mod resolve;

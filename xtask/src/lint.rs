@@ -18,6 +18,7 @@ const RANKS: &[(&str, u8)] = &[
     ("doctor", 6),
     ("export", 6),
     ("review", 6),
+    ("learn", 6),
     ("cli", 7),
 ];
 

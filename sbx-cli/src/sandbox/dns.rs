@@ -4,10 +4,10 @@
 //! on the wire, by the rule the policy's names follow ([`crate::policy::name`]), and the upstream
 //! is asked exactly the name judged.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_resolver::proto::rr::{DNSClass, RData, Record, RecordType};
@@ -49,6 +49,60 @@ pub struct Names {
     remembered: Mutex<HashMap<String, HashSet<IpAddr>>>,
     /// Names asked and refused, reported like denied connections.
     refused: Mutex<Vec<Event>>,
+    /// What the command asked and was answered, by name, when recording (`sbx learn`).
+    asked: Option<Mutex<Asked>>,
+}
+
+/// At most this many names are recorded per sandbox: a command asking for endless names (under
+/// a wildcard, in open mode) cannot grow sbx's memory without bound. The rest are only counted.
+pub const RECORDED_NAMES: usize = 10_000;
+
+/// The questions a command asked sbx's DNS service and their answers, one record per name:
+/// what `sbx learn` turns into names.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Asked {
+    pub names: BTreeMap<HostName, AskedName>,
+    /// Names asked past [`RECORDED_NAMES`], not recorded.
+    pub dropped: usize,
+}
+
+/// One name the command asked (the name as asked, never a CNAME target).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AskedName {
+    /// The record types asked (`A`, `AAAA`, `HTTPS`, …).
+    pub types: BTreeSet<String>,
+    /// Each address answered, with when it was first answered for this name.
+    pub addresses: BTreeMap<IpAddr, SystemTime>,
+    /// The CNAME targets of its answers that are host names.
+    pub cnames: BTreeSet<HostName>,
+}
+
+impl Asked {
+    /// Records one answered question: `addresses` as the reply carries them, `cnames` the
+    /// targets of its CNAME records.
+    pub fn record(
+        &mut self,
+        name: &HostName,
+        record_type: RecordType,
+        addresses: &[IpAddr],
+        cnames: impl IntoIterator<Item = HostName>,
+        now: SystemTime,
+    ) {
+        if !self.names.contains_key(name) && self.names.len() >= RECORDED_NAMES {
+            self.dropped += 1;
+            return;
+        }
+        let entry = self.names.entry(name.clone()).or_insert_with(|| AskedName {
+            types: BTreeSet::new(),
+            addresses: BTreeMap::new(),
+            cnames: BTreeSet::new(),
+        });
+        entry.types.insert(record_type.to_string());
+        for addr in addresses {
+            entry.addresses.entry(*addr).or_insert(now);
+        }
+        entry.cnames.extend(cnames);
+    }
 }
 
 impl Names {
@@ -62,7 +116,34 @@ impl Names {
             admitter,
             remembered: Mutex::new(HashMap::new()),
             refused: Mutex::new(Vec::new()),
+            asked: None,
         }
+    }
+
+    /// Records every question answered and its answer, for [`DnsService::finish`] to return.
+    pub fn recording(mut self) -> Names {
+        self.asked = Some(Mutex::new(Asked::default()));
+        self
+    }
+
+    fn record(&self, name: &HostName, record_type: RecordType, records: &[Record]) {
+        let Some(asked) = &self.asked else {
+            return;
+        };
+        let addrs: Vec<IpAddr> = records.iter().flat_map(addresses).collect();
+        // A target that is no host name (a hostile upstream's `_x` or escaped dot) is left out:
+        // what is recorded may end up in a policy file.
+        let cnames = records.iter().filter_map(|r| match &r.data {
+            RData::CNAME(target) => HostName::from_labels(target.0.iter()).ok(),
+            _ => None,
+        });
+        asked.lock().expect("not poisoned").record(
+            name,
+            record_type,
+            &addrs,
+            cnames,
+            SystemTime::now(),
+        );
     }
 
     /// A name is answered when no deny pattern matches it and an allow pattern does (in mode
@@ -198,10 +279,17 @@ impl DnsService {
         ))
     }
 
-    /// Stops the service and returns the names it refused.
-    pub fn finish(mut self) -> Vec<Event> {
+    /// Stops the service and returns the names it refused, and what it recorded (see
+    /// [`Names::recording`]).
+    pub fn finish(mut self) -> (Vec<Event>, Option<Asked>) {
         self.stop();
-        std::mem::take(&mut *self.names.refused.lock().expect("not poisoned"))
+        let refused = std::mem::take(&mut *self.names.refused.lock().expect("not poisoned"));
+        let asked = self
+            .names
+            .asked
+            .as_ref()
+            .map(|a| std::mem::take(&mut *a.lock().expect("not poisoned")));
+        (refused, asked)
     }
 
     fn stop(&mut self) {
@@ -419,7 +507,11 @@ async fn answer(
             names.refuse(name, record_type, false);
         }
         // Other record types of an allowed name: an empty answer (NODATA).
-        Judged::NoData => {}
+        Judged::NoData => {
+            if let Ok(name) = HostName::from_labels(question.name().iter()) {
+                names.record(&name, question.query_type(), &[]);
+            }
+        }
         Judged::Ask(name, record_type) => match resolver.lookup_records(&name, record_type).await {
             Ok(records) => {
                 let addrs: Vec<IpAddr> = records.iter().flat_map(addresses).collect();
@@ -434,19 +526,21 @@ async fn answer(
                             }
                             _ => true,
                         };
-                        reply.add_answers(
-                            records
-                                .into_iter()
-                                .filter(keep)
-                                .map(|r| as_asked(r, question)),
-                        );
+                        let kept: Vec<Record> = records.into_iter().filter(keep).collect();
+                        names.record(&name, record_type, &kept);
+                        reply.add_answers(kept.into_iter().map(|r| as_asked(r, question)));
                     }
                     Err(_) => reply.metadata.response_code = ResponseCode::ServFail,
                 }
             }
-            Err(Failure::NxDomain) => reply.metadata.response_code = ResponseCode::NXDomain,
-            Err(Failure::NoAddresses) => {}
-            Err(_) => reply.metadata.response_code = ResponseCode::ServFail,
+            Err(failure) => {
+                names.record(&name, record_type, &[]);
+                reply.metadata.response_code = match failure {
+                    Failure::NxDomain => ResponseCode::NXDomain,
+                    Failure::NoAddresses => ResponseCode::NoError,
+                    _ => ResponseCode::ServFail,
+                };
+            }
         },
     }
     finish(reply, limit)
@@ -497,6 +591,7 @@ mod tests {
             admitter: None,
             remembered: Mutex::new(HashMap::new()),
             refused: Mutex::new(Vec::new()),
+            asked: None,
         }
     }
 

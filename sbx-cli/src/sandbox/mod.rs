@@ -43,7 +43,24 @@ pub struct Options {
     pub events: Option<PathBuf>,
     /// What the sandbox records (allowed connections) and enforces (audit) beyond the plan.
     pub observe: Observe,
+    /// Record the DNS questions the command asks and their answers ([`Run::asked`]).
+    pub record_dns: bool,
+    /// A file the caller writes when the command has ended (`sbx learn`'s policy): opened as
+    /// `events` is, before the command starts ([`Run::output`]).
+    pub output: Option<PathBuf>,
     pub command: Vec<OsString>,
+}
+
+/// What one run gave, beside what `apply` reports itself.
+pub struct Run {
+    /// The command's exit status (128+N for a death by signal N).
+    pub status: i32,
+    /// Every event of the run: the DNS service's and the backend's.
+    pub events: Vec<Event>,
+    /// With [`Options::record_dns`], what the DNS service was asked and answered.
+    pub asked: Option<dns::Asked>,
+    /// [`Options::output`], opened.
+    pub output: Option<file::UserFile>,
 }
 
 /// Why sbx could not run the command; nothing is left on the host.
@@ -78,6 +95,11 @@ impl From<SysError> for ApplyError {
 /// Runs `options.command` under `plan` and returns its exit status (128+N for a death by
 /// signal N). With `dry_run`, prints what would be applied instead.
 pub fn apply(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<i32, ApplyError> {
+    run(plan, resolver, options).map(|run| run.status)
+}
+
+/// [`apply`], returning what the run observed too.
+pub fn run(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<Run, ApplyError> {
     let backend = crate::backend::choose(options.backend);
     let refusals = backend.refusals(plan);
     if !refusals.is_empty() {
@@ -98,7 +120,12 @@ pub fn apply(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<
         if !options.command.is_empty() {
             println!("command: {}", shell_words(&options.command));
         }
-        return Ok(0);
+        return Ok(Run {
+            status: 0,
+            events: Vec::new(),
+            asked: None,
+            output: None,
+        });
     }
     let Some(program) = options.command.first() else {
         return Err(ApplyError::Refused(
@@ -115,6 +142,13 @@ pub fn apply(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<
         Some(path) => Some(
             file::create_for(path, invoking_user()?.as_ref())
                 .map_err(|e| ApplyError::Refused(format!("--events: {e}")))?,
+        ),
+        None => None,
+    };
+    let output = match &options.output {
+        Some(path) => Some(
+            file::create_for(path, invoking_user()?.as_ref())
+                .map_err(|e| ApplyError::Refused(e.to_string()))?,
         ),
         None => None,
     };
@@ -154,10 +188,11 @@ pub fn apply(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<
         &run_as,
         &cwd,
         &options.command,
+        options.record_dns,
     );
-    let (result, mut observed) = match result {
-        Ok((code, refused_names)) => (Ok(code), refused_names),
-        Err(e) => (Err(e), Vec::new()),
+    let (result, mut observed, asked) = match result {
+        Ok((code, refused_names, asked)) => (Ok(code), refused_names, asked),
+        Err(e) => (Err(e), Vec::new(), None),
     };
     observed.extend(enforced.events());
     // The DNS service's and the backend's, each in order, interleaved as they happened.
@@ -174,7 +209,12 @@ pub fn apply(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<
     locked.restore_forwarding_if_unused()?;
     teardown?;
     reported?;
-    result
+    Ok(Run {
+        status: result?,
+        events: observed,
+        asked,
+        output,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -188,12 +228,16 @@ fn run_in(
     run_as: &RunAs,
     cwd: &Path,
     command: &[OsString],
-) -> Result<(i32, Vec<Event>), ApplyError> {
+    record_dns: bool,
+) -> Result<(i32, Vec<Event>, Option<dns::Asked>), ApplyError> {
     let mut resolv_conf = None;
     let dns = match enforced.dns_listen_address() {
         Some(at) => {
             let names = || -> Result<dns::Names, SysError> {
-                let names = dns::Names::new(plan, enforced.admitter()).auditing(observe.audit);
+                let mut names = dns::Names::new(plan, enforced.admitter()).auditing(observe.audit);
+                if record_dns {
+                    names = names.recording();
+                }
                 // What sbx resolved at start is admitted like any answer: for its TTL plus the
                 // grace period, before the command runs.
                 for (name, addrs, ttl) in plan.name_answers() {
@@ -290,7 +334,8 @@ fn run_in(
         WaitStatus::Signaled(_, signal, _) => 128 + signal as i32,
         _ => 125,
     };
-    Ok((code, dns.map(dns::DnsService::finish).unwrap_or_default()))
+    let (refused, asked) = dns.map(dns::DnsService::finish).unwrap_or_default();
+    Ok((code, refused, asked))
 }
 
 /// A one-line summary of the denials on stderr, and every event as a JSON line in `events` if
