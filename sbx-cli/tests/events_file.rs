@@ -191,3 +191,29 @@ fn the_events_file_is_opened_with_the_invoking_users_rights() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::metadata(&root_run).unwrap().uid(), 0);
 }
+
+/// The events file is the user's, and a command running as that user can write into it while it
+/// runs: what it wrote is gone when sbx writes the events, so it cannot pass for one.
+#[test]
+fn lines_the_command_writes_into_the_events_file_do_not_stay() {
+    require_root();
+    let _guard = exclusive();
+    let place = place();
+    let events = place.writable.join("events.jsonl");
+    let forged = r#"{"hook":"connect4","verdict":"allowed","forged":true}"#;
+    let script = (0..50)
+        .map(|_| format!("echo '{forged}' >> {}", events.display()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let out = sbx(&place, &events, &[("--user", "nobody")], &script);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ran as 65534"),
+        "{out:?}"
+    );
+    let text = std::fs::read_to_string(&events).unwrap();
+    assert!(!text.contains("forged"), "{text}");
+    assert!(
+        text.contains("refused.test"),
+        "the real denial is there: {text}"
+    );
+}

@@ -94,22 +94,7 @@ pub fn learn(options: Options, stderr: &mut dyn WriteColor) -> io::Result<ExitCo
         },
     );
     let written = match run.output {
-        Some(mut out) => {
-            if out.replaced() {
-                Err(format!(
-                    "the policy is not written to {}: the file was removed or replaced while the \
-                     command ran (a link, say); sbx writes nothing through what is there now",
-                    out.path.display()
-                ))
-            } else {
-                // The command may have written into the file itself (it is the user's): emptied
-                // again, so that nothing of the command's follows the policy.
-                out.file
-                    .set_len(0)
-                    .and_then(|()| out.file.write_all(text.as_bytes()))
-                    .map_err(|e| format!("write {}: {e}", out.path.display()))
-            }
-        }
+        Some(mut out) => out.write_whole(text.as_bytes()).map_err(|e| e.to_string()),
         None => {
             let mut stdout = io::stdout().lock();
             stdout

@@ -344,22 +344,12 @@ fn run_in(
 fn report_events(observed: &[Event], events: Option<&mut file::UserFile>) -> Result<(), SysError> {
     let has_events = events.is_some();
     let written = events.map_or(Ok(()), |out| {
-        use std::io::Write;
-        if out.replaced() {
-            return Err(SysError::new(
-                format!("write the events to {}", out.path.display()),
-                "the file was removed or replaced while the command ran (a link, say); sbx \
-                 wrote nothing through what is there now, and the events are lost",
-            ));
-        }
         let mut text = String::new();
         for event in observed {
             text.push_str(&serde_json::to_string(event).expect("serialisable"));
             text.push('\n');
         }
-        out.file
-            .write_all(text.as_bytes())
-            .map_err(|e| SysError::new(format!("write {}", out.path.display()), e))
+        out.write_whole(text.as_bytes())
     });
     let (audited, denials): (Vec<&Event>, Vec<&Event>) = observed
         .iter()

@@ -49,6 +49,26 @@ pub struct UserFile {
 }
 
 impl UserFile {
+    /// Makes `bytes` the whole file: unless its path was replaced meanwhile, it is emptied first,
+    /// so that nothing the command wrote into it (it is the user's file) stays after sbx's
+    /// output and passes for part of it.
+    pub fn write_whole(&mut self, bytes: &[u8]) -> Result<(), SysError> {
+        use std::io::{Seek, Write};
+        let step = || format!("write {}", self.path.display());
+        if self.replaced() {
+            return Err(SysError::new(
+                step(),
+                "the file was removed or replaced while the command ran (a link, say); sbx \
+                 wrote nothing through what is there now",
+            ));
+        }
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.rewind())
+            .and_then(|()| self.file.write_all(bytes))
+            .map_err(|e| SysError::new(step(), e))
+    }
+
     /// Whether `path` no longer names the file that was opened (removed, or replaced by a link
     /// or another file).
     pub fn replaced(&self) -> bool {
