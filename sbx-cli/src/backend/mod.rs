@@ -142,12 +142,55 @@ pub fn monotonic_to_system(ns: u64) -> std::time::SystemTime {
     now.checked_sub(ago).unwrap_or(now)
 }
 
+/// Events a run keeps, at most: the rest are counted only. sbx runs as root, and a command that
+/// connects in a loop must not make it use memory without bound (an event is about 200 bytes).
+pub const EVENTS_KEPT: usize = 100_000;
+
+/// A run's events: the first [`EVENTS_KEPT`], and how many more there were.
+#[derive(Debug)]
+pub struct Kept<T> {
+    pub items: Vec<T>,
+    pub not_kept: u64,
+}
+
+impl<T> Default for Kept<T> {
+    fn default() -> Self {
+        Kept {
+            items: Vec::new(),
+            not_kept: 0,
+        }
+    }
+}
+
+impl<T> Kept<T> {
+    pub fn push(&mut self, item: T) {
+        if self.items.len() < EVENTS_KEPT {
+            self.items.push(item);
+        } else {
+            self.not_kept += 1;
+        }
+    }
+
+    pub fn append(&mut self, other: Kept<T>) {
+        self.not_kept += other.not_kept;
+        self.extend(other.items);
+    }
+}
+
+impl<T> Extend<T> for Kept<T> {
+    fn extend<I: IntoIterator<Item = T>>(&mut self, items: I) {
+        for item in items {
+            self.push(item);
+        }
+    }
+}
+
 /// One sandbox's enforcement, live.
 pub trait Enforced {
     /// What was refused (and allowed, with `Observe::allowed`), once the command has ended.
     /// Backends that cannot tell return nothing.
-    fn events(&mut self) -> Vec<Event> {
-        Vec::new()
+    fn events(&mut self) -> Kept<Event> {
+        Kept::default()
     }
 
     fn placement(&self) -> Placement<'_>;
@@ -163,4 +206,22 @@ pub trait Enforced {
     fn dns_bound(&mut self, at: SocketAddr) -> Result<(), SysError>;
 
     fn teardown(self: Box<Self>, locked: &Locked<'_>) -> Result<(), SysError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_the_limit_events_are_counted_not_kept() {
+        let mut first: Kept<usize> = Kept::default();
+        first.extend(0..EVENTS_KEPT - 1);
+        let mut second = Kept::default();
+        second.extend(0..5);
+        first.append(second);
+        first.push(6);
+        assert_eq!(first.items.len(), EVENTS_KEPT);
+        assert_eq!(first.items.last(), Some(&0));
+        assert_eq!(first.not_kept, 5);
+    }
 }

@@ -68,8 +68,17 @@ pub fn learn(options: Options, stderr: &mut dyn WriteColor) -> io::Result<ExitCo
             return Ok(ExitCode::from(exit_status(&e)));
         }
     };
+    if run.events.not_kept > 0 {
+        writeln!(
+            stderr,
+            "warning: only the first {} events were kept; the policy may lack destinations \
+             first used after them",
+            crate::backend::EVENTS_KEPT
+        )?;
+    }
     let used: Vec<Used> = run
         .events
+        .items
         .iter()
         .filter(|e| e.verdict == Verdict::Allowed)
         .filter_map(|e| {

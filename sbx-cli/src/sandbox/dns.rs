@@ -14,7 +14,7 @@ use hickory_resolver::proto::rr::{DNSClass, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::backend::{Admit, Event, Verdict as EventVerdict};
+use crate::backend::{Admit, Event, Kept, Verdict as EventVerdict};
 use crate::plan::{NameRule, Plan, Verdict};
 use crate::policy::name::{HostName, escaped};
 use crate::policy::{Ports, Protocol};
@@ -48,7 +48,7 @@ pub struct Names {
     admitter: Option<Arc<dyn Admit>>,
     remembered: Mutex<HashMap<String, HashSet<IpAddr>>>,
     /// Names asked and refused, reported like denied connections.
-    refused: Mutex<Vec<Event>>,
+    refused: Mutex<Kept<Event>>,
     /// What the command asked and was answered, by name, when recording (`sbx learn`).
     asked: Option<Mutex<Asked>>,
 }
@@ -115,7 +115,7 @@ impl Names {
             grace: plan.dns_grace,
             admitter,
             remembered: Mutex::new(HashMap::new()),
-            refused: Mutex::new(Vec::new()),
+            refused: Mutex::new(Kept::default()),
             asked: None,
         }
     }
@@ -281,7 +281,7 @@ impl DnsService {
 
     /// Stops the service and returns the names it refused, and what it recorded (see
     /// [`Names::recording`]).
-    pub fn finish(mut self) -> (Vec<Event>, Option<Asked>) {
+    pub fn finish(mut self) -> (Kept<Event>, Option<Asked>) {
         self.stop();
         let refused = std::mem::take(&mut *self.names.refused.lock().expect("not poisoned"));
         let asked = self
@@ -590,7 +590,7 @@ mod tests {
             grace: Duration::ZERO,
             admitter: None,
             remembered: Mutex::new(HashMap::new()),
-            refused: Mutex::new(Vec::new()),
+            refused: Mutex::new(Kept::default()),
             asked: None,
         }
     }
@@ -662,7 +662,7 @@ mod tests {
             judged(&names, &[b"a_b", b"test"]),
             Judged::Refused(..)
         ));
-        let reported = names.refused.lock().unwrap();
+        let reported = &names.refused.lock().unwrap().items;
         assert_eq!(reported.len(), 1);
         assert_eq!(reported[0].name.as_deref(), Some("other.test"));
         assert!(reported[0].audit);

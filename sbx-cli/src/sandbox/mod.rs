@@ -26,7 +26,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Pid, User, getgrouplist, getpid, getppid};
 
-use crate::backend::{Backend, Enforced, Event, Observe, Placement};
+use crate::backend::{Backend, Enforced, Event, Kept, Observe, Placement};
 use crate::plan::Plan;
 use crate::policy::name::HostName;
 use crate::resolve::Resolver;
@@ -55,8 +55,9 @@ pub struct Options {
 pub struct Run {
     /// The command's exit status (128+N for a death by signal N).
     pub status: i32,
-    /// Every event of the run: the DNS service's and the backend's.
-    pub events: Vec<Event>,
+    /// The events of the run, the DNS service's and the backend's: the first
+    /// [`EVENTS_KEPT`](crate::backend::EVENTS_KEPT), and how many more there were.
+    pub events: Kept<Event>,
     /// With [`Options::record_dns`], what the DNS service was asked and answered.
     pub asked: Option<dns::Asked>,
     /// [`Options::output`], opened.
@@ -122,7 +123,7 @@ pub fn run(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<Ru
         }
         return Ok(Run {
             status: 0,
-            events: Vec::new(),
+            events: Kept::default(),
             asked: None,
             output: None,
         });
@@ -192,11 +193,11 @@ pub fn run(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<Ru
     );
     let (result, mut observed, asked) = match result {
         Ok((code, refused_names, asked)) => (Ok(code), refused_names, asked),
-        Err(e) => (Err(e), Vec::new(), None),
+        Err(e) => (Err(e), Kept::default(), None),
     };
-    observed.extend(enforced.events());
+    observed.append(enforced.events());
     // The DNS service's and the backend's, each in order, interleaved as they happened.
-    observed.sort_by_key(|e| e.time);
+    observed.items.sort_by_key(|e| e.time);
     let reported = report_events(&observed, events.as_mut());
     let locked = state.lock()?;
     let teardown = enforced.teardown(&locked);
@@ -229,7 +230,7 @@ fn run_in(
     cwd: &Path,
     command: &[OsString],
     record_dns: bool,
-) -> Result<(i32, Vec<Event>, Option<dns::Asked>), ApplyError> {
+) -> Result<(i32, Kept<Event>, Option<dns::Asked>), ApplyError> {
     let mut resolv_conf = None;
     let dns = match enforced.dns_listen_address() {
         Some(at) => {
@@ -341,7 +342,19 @@ fn run_in(
 /// A one-line summary of the denials on stderr, and every event as a JSON line in `events` if
 /// given. Events go only to the file opened before the command ran; if its path names something
 /// else now (the command replaced it, with a link say), nothing is written and that is an error.
-fn report_events(observed: &[Event], events: Option<&mut file::UserFile>) -> Result<(), SysError> {
+fn report_events(
+    observed: &Kept<Event>,
+    events: Option<&mut file::UserFile>,
+) -> Result<(), SysError> {
+    if observed.not_kept > 0 {
+        eprintln!(
+            "sbx: the command made more than {} events; {} more were counted but not kept \
+             (in the summary or --events)",
+            crate::backend::EVENTS_KEPT,
+            observed.not_kept
+        );
+    }
+    let observed = &observed.items;
     let has_events = events.is_some();
     let written = events.map_or(Ok(()), |out| {
         let mut text = String::new();

@@ -9,6 +9,7 @@ use aya::maps::MapData;
 
 use super::live_cgroup_ids;
 use super::pins::pinned_map;
+use crate::backend::Kept;
 use crate::state::STATE_DIR;
 use crate::sys::{Step, SysError};
 
@@ -20,7 +21,7 @@ use crate::sys::{Step, SysError};
 /// `/run/sbx/events/<cgroup id>`, where their sbx collects them.
 pub struct Events {
     cgroup: u64,
-    mine: std::sync::Arc<std::sync::Mutex<Vec<EventRecord>>>,
+    mine: std::sync::Arc<std::sync::Mutex<Kept<EventRecord>>>,
     /// Dropped to stop the drain thread at once (it waits on the other end between drains).
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -106,7 +107,7 @@ pub(super) fn drain(cgroup: u64, mine: &mut Vec<EventRecord>) -> Result<(), SysE
 impl Events {
     /// Drains in the background every 100 ms, so the shared buffer does not fill up.
     pub fn start(cgroup: u64) -> Events {
-        let mine = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mine = std::sync::Arc::new(std::sync::Mutex::new(Kept::default()));
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = {
             let mine = mine.clone();
@@ -133,13 +134,15 @@ impl Events {
     }
 
     /// Every event of the sandbox, once its command has ended.
-    pub fn finish(mut self) -> Vec<EventRecord> {
+    pub fn finish(mut self) -> Kept<EventRecord> {
         drop(self.stop.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
         let mut all = std::mem::take(&mut *self.mine.lock().expect("not poisoned"));
-        let _ = drain(self.cgroup, &mut all);
+        let mut last = Vec::new();
+        let _ = drain(self.cgroup, &mut last);
+        all.extend(last);
         all
     }
 }

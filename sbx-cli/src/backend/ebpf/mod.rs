@@ -24,7 +24,7 @@ use sbx_common::{
     VerdictKey,
 };
 
-use super::{Admit, Backend, Enforced, Event, Observe, Placement, Verdict};
+use super::{Admit, Backend, Enforced, Event, Kept, Observe, Placement, Verdict};
 use crate::plan::Plan;
 use crate::policy::Mode;
 use crate::state::Locked;
@@ -392,12 +392,13 @@ impl Enforced for Live {
             .then(|| SocketAddr::from(([127, 83, hi, lo], 53)))
     }
 
-    fn events(&mut self) -> Vec<Event> {
+    fn events(&mut self) -> Kept<Event> {
         let Some(events) = self.events.take() else {
-            return Vec::new();
+            return Kept::default();
         };
-        events
-            .finish()
+        let records = events.finish();
+        let items = records
+            .items
             .into_iter()
             .map(|EventRecord(e)| {
                 let v6 = std::net::Ipv6Addr::from(e.addr);
@@ -431,7 +432,11 @@ impl Enforced for Live {
                     time: super::monotonic_to_system(e.time),
                 }
             })
-            .collect()
+            .collect();
+        Kept {
+            items,
+            not_kept: records.not_kept,
+        }
     }
 
     fn admitter(&self) -> Option<std::sync::Arc<dyn Admit>> {

@@ -14,7 +14,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::elements::{acknowledgements, attribute, finish_message, start_message};
 use super::ruleset::{LOG_ALLOWED, LOG_AUDIT};
-use crate::backend::{Event, Verdict};
+use crate::backend::{Event, Kept, Verdict};
 use crate::sys::netlink::NetfilterSocket;
 use crate::sys::{Step, SysError};
 
@@ -47,7 +47,7 @@ pub fn group(slot: u32) -> u16 {
 pub struct EventLog {
     /// Closed by `finish`: the thread wakes, reads what is queued and ends.
     stop: OwnedFd,
-    thread: std::thread::JoinHandle<Vec<Event>>,
+    thread: std::thread::JoinHandle<Kept<Event>>,
 }
 
 impl EventLog {
@@ -91,15 +91,15 @@ impl EventLog {
     }
 
     /// Every event logged, once the command has ended.
-    pub fn finish(self) -> Vec<Event> {
+    pub fn finish(self) -> Kept<Event> {
         drop(self.stop);
         self.thread.join().unwrap_or_default()
     }
 }
 
 /// Reads until `stopped` reports its other end closed, then what is still queued.
-fn read(socket: &NetfilterSocket, stopped: &OwnedFd) -> Vec<Event> {
-    let mut events = Vec::new();
+fn read(socket: &NetfilterSocket, stopped: &OwnedFd) -> Kept<Event> {
+    let mut events = Kept::default();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let mut fds = [

@@ -264,7 +264,7 @@ fn table_exists(table: &str) -> Result<bool, SysError> {
 }
 
 impl Enforced for Live {
-    fn events(&mut self) -> Vec<crate::backend::Event> {
+    fn events(&mut self) -> crate::backend::Kept<crate::backend::Event> {
         self.log
             .take()
             .map(log::EventLog::finish)
