@@ -440,6 +440,11 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         backend: crate::backend::Choice,
 
+        /// Run the command as this user (name or uid) instead of the sudo user or root (a
+        /// learning run has the open network: run untrusted jobs as an unprivileged user).
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+
         /// A policy whose deny list and dns settings apply while learning, and which the
         /// learned policy extends (a base without `mode` is fine).
         #[arg(long, value_name = "POLICY")]
@@ -621,6 +626,7 @@ pub fn main() -> ExitCode {
         Command::Gc { all } => gc(all, &mut stderr),
         Command::Learn {
             backend,
+            user,
             base,
             output,
             wildcards,
@@ -628,6 +634,7 @@ pub fn main() -> ExitCode {
         } => crate::learn::learn(
             crate::learn::Options {
                 backend,
+                user,
                 base,
                 output,
                 wildcards: wildcards.map(|n| n as usize),

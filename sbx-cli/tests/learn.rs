@@ -366,7 +366,30 @@ fn wildcards_are_proposed_and_work_under_apply(backend: &str) {
     drop(host);
 }
 
+/// `--user`, as for `sbx apply`: the learning run's command is that user's. A command that
+/// reaches nothing learns `mode: none`.
+fn the_command_runs_as_user(backend: &str) {
+    require_root();
+    let _guard = exclusive();
+    let dir = Dir::new();
+    let output = dir.path().join("learned.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_sbx"))
+        .args(["learn", "--backend", backend, "--user", "nobody", "-o"])
+        .arg(&output)
+        .args(["--", "id", "-u"])
+        .current_dir("/")
+        .output()
+        .expect("run sbx learn");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "65534");
+    // It reached nothing: the policy of a job without network.
+    let learned = std::fs::read_to_string(&output).unwrap();
+    assert!(learned.contains("network:\n  mode: none\n"), "{learned}");
+    checks_clean(&output);
+}
+
 crate::on_both_backends!(
+    the_command_runs_as_user,
     learns_exactly_what_the_script_used,
     with_a_base_it_extends_it_and_repeats_nothing_it_allows,
     the_commands_exit_status_passes_through,

@@ -22,6 +22,8 @@ use synth::Used;
 
 pub struct Options {
     pub backend: Choice,
+    /// Who the command runs as (`--user`), as for `sbx apply`.
+    pub user: Option<String>,
     /// The policy whose deny list and DNS settings apply while learning, and that the learned
     /// file extends.
     pub base: Option<PathBuf>,
@@ -48,7 +50,7 @@ pub fn learn(options: Options, stderr: &mut dyn WriteColor) -> io::Result<ExitCo
         resolver,
         &sandbox::Options {
             backend: options.backend,
-            user: None,
+            user: options.user.clone(),
             dry_run: false,
             events: None,
             observe: Observe {

@@ -410,11 +410,14 @@ fn render(
     if let Some((_, path)) = &options.base {
         let _ = writeln!(out, "extends:\n  - {}", quoted(path));
     }
-    out.push_str("network:\n  mode: allowlist\n");
-    if entries.is_empty() {
-        out.push_str("  allow: []\n");
+    let base_allows = options.base.as_ref().is_some_and(|(allow, _)| !allow.is_empty());
+    if entries.is_empty() && !base_allows {
+        // Nothing was reached: the policy of a job without network.
+        out.push_str("network:\n  mode: none\n");
+    } else if entries.is_empty() {
+        out.push_str("network:\n  mode: allowlist\n  allow: []\n");
     } else {
-        out.push_str("  allow:\n");
+        out.push_str("network:\n  mode: allowlist\n  allow:\n");
     }
     for e in entries {
         let mut comment = format!(
