@@ -418,8 +418,9 @@ enum Command {
             the destination reached first). Names asked and never connected to are listed as \
             comments only. The file is sorted: learning the same run twice gives the same \
             bytes. Review it before use: everything in it is what the command asked for. \
-            Without -o the policy goes to stdout after the command has ended, behind whatever \
-            the command itself printed there.\n\n\
+            Without -o the policy goes to stdout after the command has ended, and the \
+            command's own stdout goes to stderr, so that nothing it prints becomes part of \
+            the policy (`sbx learn -- make > policy.yaml` keeps make's output on the terminal).\n\n\
             With --base, the base's deny list and dns settings apply while learning, and the \
             learned file extends the base (its path relative to FILE's directory, or to the \
             working directory for stdout) and repeats nothing the base allows. The command runs \
@@ -598,6 +599,7 @@ pub fn main() -> ExitCode {
                 },
                 record_dns: false,
                 output: None,
+                stdout_to_stderr: false,
                 command,
             },
             &mut stderr,

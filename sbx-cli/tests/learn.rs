@@ -388,7 +388,39 @@ fn the_command_runs_as_user(backend: &str) {
     checks_clean(&output);
 }
 
+/// Without `-o` the policy is sbx's stdout: what the command prints there goes to stderr, so
+/// that a command cannot write keys of its own into the policy (an `extends` of a file allowing
+/// everything, a DNS server of its choosing).
+fn without_output_the_commands_stdout_is_not_part_of_the_policy(backend: &str) {
+    require_root();
+    let _guard = exclusive();
+    let dir = Dir::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_sbx"))
+        .args(["learn", "--backend", backend, "--"])
+        .args([
+            "sh",
+            "-c",
+            "echo 'extends: [/tmp/everything.yaml]'; echo injected >&2",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .expect("run sbx learn");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!stdout.contains("everything"), "{stdout}");
+    assert!(stdout.starts_with("# Written by `sbx learn`"), "{stdout}");
+    assert!(
+        stderr.contains("extends: [/tmp/everything.yaml]"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("injected"), "{stderr}");
+}
+
 crate::on_both_backends!(
+    without_output_the_commands_stdout_is_not_part_of_the_policy,
     the_command_runs_as_user,
     learns_exactly_what_the_script_used,
     with_a_base_it_extends_it_and_repeats_nothing_it_allows,

@@ -60,6 +60,7 @@ pub fn learn(options: Options, stderr: &mut dyn WriteColor) -> io::Result<ExitCo
             },
             record_dns: true,
             output: options.output.clone(),
+            stdout_to_stderr: options.output.is_none(),
             command: options.command.clone(),
         },
     );

@@ -410,7 +410,10 @@ fn render(
     if let Some((_, path)) = &options.base {
         let _ = writeln!(out, "extends:\n  - {}", quoted(path));
     }
-    let base_allows = options.base.as_ref().is_some_and(|(allow, _)| !allow.is_empty());
+    let base_allows = options
+        .base
+        .as_ref()
+        .is_some_and(|(allow, _)| !allow.is_empty());
     if entries.is_empty() && !base_allows {
         // Nothing was reached: the policy of a job without network.
         out.push_str("network:\n  mode: none\n");

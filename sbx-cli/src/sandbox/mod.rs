@@ -48,6 +48,9 @@ pub struct Options {
     /// A file the caller writes when the command has ended (`sbx learn`'s policy): opened as
     /// `events` is, before the command starts ([`Run::output`]).
     pub output: Option<PathBuf>,
+    /// Give the command sbx's stderr as its stdout: when sbx's own stdout is its result (`sbx
+    /// learn` without `-o`), nothing the command prints can become part of it.
+    pub stdout_to_stderr: bool,
     pub command: Vec<OsString>,
 }
 
@@ -184,12 +187,10 @@ pub fn run(plan: &Plan, resolver: Arc<Resolver>, options: &Options) -> Result<Ru
         slot.index,
         enforced.as_mut(),
         plan,
-        &options.observe,
+        options,
         resolver,
         &run_as,
         &cwd,
-        &options.command,
-        options.record_dns,
     );
     let (result, mut observed, asked) = match result {
         Ok((code, refused_names, asked)) => (Ok(code), refused_names, asked),
@@ -224,19 +225,24 @@ fn run_in(
     slot: u32,
     enforced: &mut dyn Enforced,
     plan: &Plan,
-    observe: &Observe,
+    options: &Options,
     resolver: Arc<Resolver>,
     run_as: &RunAs,
     cwd: &Path,
-    command: &[OsString],
-    record_dns: bool,
 ) -> Result<(i32, Kept<Event>, Option<dns::Asked>), ApplyError> {
+    let Options {
+        observe,
+        command,
+        record_dns,
+        stdout_to_stderr,
+        ..
+    } = options;
     let mut resolv_conf = None;
     let dns = match enforced.dns_listen_address() {
         Some(at) => {
             let names = || -> Result<dns::Names, SysError> {
                 let mut names = dns::Names::new(plan, enforced.admitter()).auditing(observe.audit);
-                if record_dns {
+                if *record_dns {
                     names = names.recording();
                 }
                 // What sbx resolved at start is admitted like any answer: for its TTL plus the
@@ -293,6 +299,9 @@ fn run_in(
     let args: Vec<&std::ffi::OsStr> = args.iter().map(OsString::as_os_str).collect();
     let supervisor = getpid();
     let mut pre_exec = || -> Result<(), Errno> {
+        if *stdout_to_stderr {
+            nix::unistd::dup2_stdout(std::io::stderr())?;
+        }
         if let Some(fd) = netns {
             setns(fd, CloneFlags::CLONE_NEWNET)?;
         }
