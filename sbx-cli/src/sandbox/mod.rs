@@ -427,7 +427,14 @@ fn summary(denials: &[&Event], has_events: bool) -> String {
             let by = if commands.is_empty() {
                 String::new()
             } else {
-                format!(" ({})", commands.join(", "))
+                format!(
+                    " ({})",
+                    commands
+                        .iter()
+                        .map(|c| printable(c))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             };
             format!("{what}/{protocol}{times}{by}")
         })
@@ -453,6 +460,21 @@ fn summary(denials: &[&Event], has_events: bool) -> String {
         if denials.len() == 1 { "" } else { "s" },
         parts.join(", ")
     )
+}
+
+/// A process name as the summary shows it: the command sets its own (`prctl(PR_SET_NAME)`), and
+/// a terminal control in it could rewrite the line sbx prints after the command has gone.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 fn forwarded_signals() -> SigSet {
@@ -698,6 +720,15 @@ mod tests {
             audit: false,
             time: std::time::SystemTime::now(),
         }
+    }
+
+    #[test]
+    fn process_names_in_the_summary_carry_no_terminal_controls() {
+        let mut d = denial("192.0.2.7", Some(443), 6);
+        d.command = Some("\r\u{1b}[2K\u{9b}x".into());
+        let line = summary(&[&d], true);
+        assert!(line.ends_with("(\\r\\u{1b}[2K\\u{9b}x)"), "{line}");
+        assert!(!line.chars().any(char::is_control), "{line}");
     }
 
     #[test]
