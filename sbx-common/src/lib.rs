@@ -226,7 +226,7 @@ pub const PEER_TTL_NS: u64 = 120 * 1_000_000_000;
 
 /// The names of the programs' maps (their statics in sbx-ebpf). sbx pins each of them, and
 /// refuses an object whose maps are not exactly these.
-pub const MAPS: [&str; 15] = [
+pub const MAPS: [&str; 16] = [
     "ANSWERED4",
     "ANSWERED6",
     "POLICIES",
@@ -242,11 +242,12 @@ pub const MAPS: [&str; 15] = [
     "OWNERS",
     "HELD",
     "EVENTS",
+    "LOST",
 ];
 
 /// The maps whose entries sbx writes under a sandbox's cgroup id, and removes when the sandbox
 /// ends (the others: socket-local storage, which goes with the sockets, and the event ring).
-pub const SANDBOX_MAPS: [&str; 12] = [
+pub const SANDBOX_MAPS: [&str; 13] = [
     "POLICIES",
     "RULE_SETS",
     "ALLOW4",
@@ -259,6 +260,7 @@ pub const SANDBOX_MAPS: [&str; 12] = [
     "PEERS",
     "ANSWERED4",
     "ANSWERED6",
+    "LOST",
 ];
 
 /// The hook that refused something.

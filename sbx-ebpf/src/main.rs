@@ -85,7 +85,11 @@ static ANSWERED4: HashMap<Addr4Key, Answered> = HashMap::with_max_entries(65536,
 #[map]
 static ANSWERED6: HashMap<Addr6Key, Answered> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+/// Per sandbox, the events the ring had no room for: one ring serves every sandbox, so a
+/// command that floods it can crowd out another's events, and sbx reports how many were lost.
+#[map]
+static LOST: HashMap<u64, u64> = HashMap::with_max_entries(MAX_SANDBOXES, 0);
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -597,6 +601,16 @@ fn report(cgroup: u64, hook: u8, addr: [u8; 16], protocol: u8, port: u16, verdic
 #[unsafe(no_mangle)]
 fn sbx_report(cgroup: u64, what: u64, high: u64, low: u64) -> u64 {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        match LOST.get_ptr_mut(&cgroup) {
+            // SAFETY: a valid map value; a count two CPUs race on may miss one, which is fine.
+            Some(lost) => unsafe { *lost += 1 },
+            None => {
+                // On the stack: `&1` would be a constant in .rodata, which the loader would
+                // take for a map of its own.
+                let one: u64 = 1;
+                let _ = LOST.insert(&cgroup, &one, 0);
+            }
+        }
         return 0;
     };
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);

@@ -146,11 +146,14 @@ pub fn monotonic_to_system(ns: u64) -> std::time::SystemTime {
 /// connects in a loop must not make it use memory without bound (an event is about 200 bytes).
 pub const EVENTS_KEPT: usize = 100_000;
 
-/// A run's events: the first [`EVENTS_KEPT`], and how many more there were.
+/// A run's events: the first [`EVENTS_KEPT`], how many more there were, and how many the
+/// kernel could not hand to sbx at all (its buffer for them was full).
 #[derive(Debug)]
 pub struct Kept<T> {
     pub items: Vec<T>,
     pub not_kept: u64,
+    /// At least this many events were lost before sbx saw them.
+    pub lost: u64,
 }
 
 impl<T> Default for Kept<T> {
@@ -158,6 +161,7 @@ impl<T> Default for Kept<T> {
         Kept {
             items: Vec::new(),
             not_kept: 0,
+            lost: 0,
         }
     }
 }
@@ -173,6 +177,7 @@ impl<T> Kept<T> {
 
     pub fn append(&mut self, other: Kept<T>) {
         self.not_kept += other.not_kept;
+        self.lost += other.lost;
         self.extend(other.items);
     }
 }

@@ -71,6 +71,14 @@ pub fn learn(options: Options, stderr: &mut dyn WriteColor) -> io::Result<ExitCo
             return Ok(ExitCode::from(exit_status(&e)));
         }
     };
+    if run.events.lost > 0 {
+        writeln!(
+            stderr,
+            "warning: at least {} events were lost before sbx saw them; the policy may lack \
+             destinations",
+            run.events.lost
+        )?;
+    }
     if run.events.not_kept > 0 {
         writeln!(
             stderr,

@@ -355,6 +355,15 @@ fn report_events(
     observed: &Kept<Event>,
     events: Option<&mut file::UserFile>,
 ) -> Result<(), SysError> {
+    if observed.lost > 0 {
+        eprintln!(
+            "sbx: at least {} event{} lost: the kernel's buffer for them was full (a flood of \
+             connections, here or in another sandbox); the summary and --events lack {}",
+            observed.lost,
+            if observed.lost == 1 { " was" } else { "s were" },
+            if observed.lost == 1 { "it" } else { "them" },
+        );
+    }
     if observed.not_kept > 0 {
         eprintln!(
             "sbx: the command made more than {} events; {} more were counted but not kept \

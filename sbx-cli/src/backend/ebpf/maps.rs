@@ -26,6 +26,8 @@ pub(super) struct Maps {
     pub(super) peers: BpfHashMap<MapData, PeerKey, u64>,
     pub(super) answered4: BpfHashMap<MapData, Addr4Key, Answered>,
     pub(super) answered6: BpfHashMap<MapData, Addr6Key, Answered>,
+    /// Per sandbox, the events the programs' ring had no room for.
+    pub(super) lost: BpfHashMap<MapData, u64, u64>,
     /// The keys admitted through this handle (a sandbox's own), so that teardown removes them
     /// without scanning the maps' buckets.
     pub(super) admitted4: std::collections::HashSet<Addr4Key>,
@@ -68,6 +70,7 @@ impl Maps {
             peers: typed("PEERS")?,
             answered4: typed("ANSWERED4")?,
             answered6: typed("ANSWERED6")?,
+            lost: typed("LOST")?,
             admitted4: Default::default(),
             admitted6: Default::default(),
         })
@@ -96,6 +99,7 @@ impl Maps {
         for key in std::mem::take(&mut self.admitted6) {
             let _ = self.answered6.remove(&key);
         }
+        let _ = self.lost.remove(&cgroup);
         // Last: its absence tells the next sbx that nothing of this sandbox is left.
         let _ = self.policies.remove(&cgroup);
     }
@@ -121,6 +125,7 @@ impl Maps {
         remove_where!(self.peers, PeerKey, |k: &PeerKey| dead(k.cgroup));
         remove_where!(self.answered4, Addr4Key, |k: &Addr4Key| dead(k.cgroup));
         remove_where!(self.answered6, Addr6Key, |k: &Addr6Key| dead(k.cgroup));
+        remove_where!(self.lost, u64, |c: &u64| dead(*c));
         // Last, as in teardown: a policy entry is what tells that a sandbox left something.
         remove_where!(self.policies, u64, |c: &u64| dead(*c));
         Ok(())

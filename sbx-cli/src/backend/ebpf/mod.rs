@@ -433,9 +433,16 @@ impl Enforced for Live {
                 }
             })
             .collect();
+        let lost = self
+            .maps
+            .lock()
+            .ok()
+            .and_then(|maps| maps.lost.get(&self.cgroup_id, 0).ok())
+            .unwrap_or(0);
         Kept {
             items,
             not_kept: records.not_kept,
+            lost,
         }
     }
 

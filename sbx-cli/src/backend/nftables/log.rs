@@ -113,8 +113,8 @@ fn read(socket: &NetfilterSocket, stopped: &OwnedFd) -> Kept<Event> {
         loop {
             match socket.receive_queued(&mut buf) {
                 Ok(n) => events.extend(packets(&buf[..n]).filter_map(event)),
-                // Overrun: some were lost; the rest is still there.
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                // Overrun: some were lost (one or more); the rest is still there.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => events.lost += 1,
                 Err(_) => break,
             }
         }
