@@ -87,6 +87,7 @@ pub fn synthesise(asked: &Asked, used: &[Used], options: &Options<'_>) -> String
     used.retain(|u| !(u.udp_connect && tcp.contains(&(u.destination.to_canonical(), u.port))));
     let mut uses = Uses::new();
     let mut connected: BTreeSet<&HostName> = BTreeSet::new();
+    let mut last_connection: BTreeMap<IpAddr, (SystemTime, Vec<&HostName>)> = BTreeMap::new();
     let mut unwritable: BTreeMap<String, usize> = BTreeMap::new();
     for (index, u) in used.iter().enumerate() {
         let destination = u.destination.to_canonical();
@@ -95,39 +96,55 @@ pub fn synthesise(asked: &Asked, used: &[Used], options: &Options<'_>) -> String
         if destination.is_loopback() || destination.is_unspecified() || u.port == Some(53) {
             continue;
         }
-        let name = by_address
+        let previous = last_connection.get(&destination);
+        let mut names = by_address
             .get(&destination)
-            .and_then(|names| name_for(names, u.time));
-        if let Some(name) = name {
-            connected.insert(name);
+            .map(|names| names_for(names, previous.map(|(time, _)| *time), u.time))
+            .unwrap_or_default();
+        // Nothing answered since the last connection there: the same names as then.
+        if let Some((since, before)) = previous
+            && by_address.get(&destination).is_none_or(|all| {
+                !all.iter()
+                    .any(|(answered, _)| *answered > *since && *answered <= u.time)
+            })
+        {
+            names = before.clone();
         }
-        let target = match name {
-            Some(name) => Target::Host(name.as_str().to_string()),
-            None => Target::Addr(destination),
+        last_connection.insert(destination, (u.time, names.clone()));
+        connected.extend(names.iter().copied());
+        let targets: Vec<Target> = if names.is_empty() {
+            vec![Target::Addr(destination)]
+        } else {
+            names
+                .iter()
+                .map(|name| Target::Host(name.as_str().to_string()))
+                .collect()
         };
-        let (protocol, Some(port)) = (u.protocol, u.port) else {
-            *unwritable.entry(describe_other(u, &target)).or_default() += 1;
-            continue;
-        };
-        let protocol = match protocol {
-            TCP => Protocol::Tcp,
-            UDP => Protocol::Udp,
-            _ => {
+        for target in targets {
+            let (protocol, Some(port)) = (u.protocol, u.port) else {
                 *unwritable.entry(describe_other(u, &target)).or_default() += 1;
                 continue;
+            };
+            let protocol = match protocol {
+                TCP => Protocol::Tcp,
+                UDP => Protocol::Udp,
+                _ => {
+                    *unwritable.entry(describe_other(u, &target)).or_default() += 1;
+                    continue;
+                }
+            };
+            let stats = uses
+                .entry((target, protocol))
+                .or_default()
+                .entry(port)
+                .or_insert_with(|| Stats {
+                    first: index,
+                    ..Stats::default()
+                });
+            stats.connections += 1;
+            if let Some(command) = &u.command {
+                stats.processes.insert(sanitised(command));
             }
-        };
-        let stats = uses
-            .entry((target, protocol))
-            .or_default()
-            .entry(port)
-            .or_insert_with(|| Stats {
-                first: index,
-                ..Stats::default()
-            });
-        stats.connections += 1;
-        if let Some(command) = &u.command {
-            stats.processes.insert(sanitised(command));
         }
     }
     if let Some((base, _)) = &options.base {
@@ -166,17 +183,35 @@ fn names_by_address(asked: &Asked) -> BTreeMap<IpAddr, Vec<(SystemTime, &HostNam
     by_address
 }
 
-/// The name a connection at `time` to an address went by: of the names answered with the
-/// address, the one answered last before the connection (a resolver's cache aside, the name
-/// just looked up); when none was answered before it (clocks of the backend and of sbx differ
-/// by a little), the first answered.
-fn name_for<'a>(names: &[(SystemTime, &'a HostName)], time: SystemTime) -> Option<&'a HostName> {
+/// The names a connection at `time` to an address went by: the names first answered with the
+/// address since the previous connection there (`since`), all of them, sorted (two lookups
+/// racing, the order of their answers is chance, and either name may be used next time); if
+/// none (and no connection before: then its names), the one answered last before the connection (a resolver's cache aside, the name just
+/// looked up); when none was answered before it (clocks of the backend and of sbx differ by a
+/// little), the first answered.
+fn names_for<'a>(
+    names: &[(SystemTime, &'a HostName)],
+    since: Option<SystemTime>,
+    time: SystemTime,
+) -> Vec<&'a HostName> {
+    let mut fresh: Vec<&HostName> = names
+        .iter()
+        .filter(|(answered, _)| *answered <= time && since.is_none_or(|s| *answered > s))
+        .map(|(_, name)| *name)
+        .collect();
+    if !fresh.is_empty() {
+        fresh.sort();
+        fresh.dedup();
+        return fresh;
+    }
     names
         .iter()
         .rev()
         .find(|(answered, _)| *answered <= time)
         .or_else(|| names.first())
         .map(|(_, name)| *name)
+        .into_iter()
+        .collect()
 }
 
 /// A use no entry can say exactly (a protocol without ports: ICMP, …), for a comment.
@@ -688,6 +723,28 @@ network:
         assert_eq!(
             loaded_allow(&synthesise(&asked, &used, &Options::default())),
             ["\"a.cdn.test:443\"", "\"b.cdn.test:8443\""]
+        );
+    }
+
+    /// Two lookups racing, answered with one address, then one connection: which answer came
+    /// last is chance, so both names are written, and learning twice gives the same file.
+    #[test]
+    fn names_answered_together_before_one_connection_are_all_written() {
+        let mut first = Asked::default();
+        ask(&mut first, "a.cdn.test", &["10.9.0.2"], 1);
+        ask(&mut first, "b.cdn.test", &["10.9.0.2"], 2);
+        let mut second = Asked::default();
+        ask(&mut second, "b.cdn.test", &["10.9.0.2"], 1);
+        ask(&mut second, "a.cdn.test", &["10.9.0.2"], 2);
+        let used = [
+            used("10.9.0.2", 443, TCP, None, 3),
+            used("10.9.0.2", 443, TCP, None, 4),
+        ];
+        let text = synthesise(&first, &used, &Options::default());
+        assert_eq!(text, synthesise(&second, &used, &Options::default()));
+        assert_eq!(
+            loaded_allow(&text),
+            ["\"a.cdn.test:443\"", "\"b.cdn.test:443\""]
         );
     }
 
