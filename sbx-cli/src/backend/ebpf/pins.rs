@@ -216,5 +216,6 @@ pub fn pinned_entries() -> Vec<(&'static str, usize)> {
         ("PEERS", maps.peers.keys().count()),
         ("ANSWERED4", maps.answered4.keys().count()),
         ("ANSWERED6", maps.answered6.keys().count()),
+        ("LOST", maps.lost.keys().count()),
     ]
 }
