@@ -97,19 +97,11 @@ pub fn synthesise(asked: &Asked, used: &[Used], options: &Options<'_>) -> String
             continue;
         }
         let previous = last_connection.get(&destination);
-        let mut names = by_address
-            .get(&destination)
-            .map(|names| names_for(names, previous.map(|(time, _)| *time), u.time))
-            .unwrap_or_default();
-        // Nothing answered since the last connection there: the same names as then.
-        if let Some((since, before)) = previous
-            && by_address.get(&destination).is_none_or(|all| {
-                !all.iter()
-                    .any(|(answered, _)| *answered > *since && *answered <= u.time)
-            })
-        {
-            names = before.clone();
-        }
+        let names = names_for(
+            by_address.get(&destination).map_or(&[][..], Vec::as_slice),
+            previous,
+            u.time,
+        );
         last_connection.insert(destination, (u.time, names.clone()));
         connected.extend(names.iter().copied());
         let targets: Vec<Target> = if names.is_empty() {
@@ -184,16 +176,17 @@ fn names_by_address(asked: &Asked) -> BTreeMap<IpAddr, Vec<(SystemTime, &HostNam
 }
 
 /// The names a connection at `time` to an address went by: the names first answered with the
-/// address since the previous connection there (`since`), all of them, sorted (two lookups
-/// racing, the order of their answers is chance, and either name may be used next time); if
-/// none (and no connection before: then its names), the one answered last before the connection (a resolver's cache aside, the name just
-/// looked up); when none was answered before it (clocks of the backend and of sbx differ by a
-/// little), the first answered.
+/// address since the `previous` connection there, all of them, sorted (two lookups racing, the
+/// order of their answers is chance, and either name may be used next time); if none, the
+/// previous connection's names; with no previous connection, the name answered last before this
+/// one (a resolver's cache aside, the name just looked up), or when none was answered before it
+/// (clocks of the backend and of sbx differ by a little), the first answered.
 fn names_for<'a>(
     names: &[(SystemTime, &'a HostName)],
-    since: Option<SystemTime>,
+    previous: Option<&(SystemTime, Vec<&'a HostName>)>,
     time: SystemTime,
 ) -> Vec<&'a HostName> {
+    let since = previous.map(|(at, _)| *at);
     let mut fresh: Vec<&HostName> = names
         .iter()
         .filter(|(answered, _)| *answered <= time && since.is_none_or(|s| *answered > s))
@@ -203,6 +196,9 @@ fn names_for<'a>(
         fresh.sort();
         fresh.dedup();
         return fresh;
+    }
+    if let Some((_, before)) = previous {
+        return before.clone();
     }
     names
         .iter()
