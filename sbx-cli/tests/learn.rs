@@ -419,7 +419,35 @@ fn without_output_the_commands_stdout_is_not_part_of_the_policy(backend: &str) {
     assert!(stderr.contains("injected"), "{stderr}");
 }
 
+/// As an unprivileged `--user`, the learning run's DNS still goes through sbx's service (open
+/// mode with the DNS gate) and its connections are seen: the name it used is learned as a name.
+fn as_an_unprivileged_user_names_and_connections_are_learned(backend: &str) {
+    require_root();
+    let _guard = exclusive();
+    let s = setup();
+    base(&s, "");
+    let output = s.dir.path().join("learned.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_sbx"))
+        .args(["learn", "--backend", backend, "--user", "nobody", "--base"])
+        .arg(s.dir.path().join("base.yaml"))
+        .arg("-o")
+        .arg(&output)
+        .args(["--", "python3", PROBE, "tcp:web.learn.test:8080"])
+        .current_dir("/")
+        .output()
+        .expect("run sbx learn");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        own_entries(&output),
+        ["web.learn.test:8080"],
+        "{}",
+        text(&out)
+    );
+    drop(s.host);
+}
+
 crate::on_both_backends!(
+    as_an_unprivileged_user_names_and_connections_are_learned,
     without_output_the_commands_stdout_is_not_part_of_the_policy,
     the_command_runs_as_user,
     learns_exactly_what_the_script_used,
