@@ -439,7 +439,7 @@ fn as_an_unprivileged_user_names_and_connections_are_learned(backend: &str) {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
         own_entries(&output),
-        ["web.learn.test:8080"],
+        ["\"web.learn.test:8080\""],
         "{}",
         text(&out)
     );
